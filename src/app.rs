@@ -1,0 +1,309 @@
+//! The running process: the published snapshot, state that survives reloads, listeners,
+//! background tasks, reload and shutdown. `App::start` is what `main`, tests and benches call.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access_log::AccessLog;
+use crate::config::{self, CompileCtx, Compiled, ConfigErrors};
+use crate::config::compile::Summary;
+use crate::geo::GeoDb;
+use crate::health::HealthRegistry;
+use crate::health::checker::Checker;
+use crate::metrics::{CONFIG_GENERATION, CONFIG_LAST_RELOAD_SUCCESS, CONFIG_RELOADS_TOTAL, GeoMetrics};
+use crate::routing::{RoutingTable, Settings};
+use crate::server::{self, ListenerKind};
+use crate::tls::CertSet;
+use crate::upstream::UpstreamPool;
+
+/// TLS material for new connections.
+#[derive(Clone)]
+pub struct TlsState {
+    pub certs: Arc<CertSet>,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+/// Everything a request needs, published atomically.
+pub struct Snapshot {
+    pub table: RoutingTable,
+    pub settings: Settings,
+    pub geo: Arc<GeoDb>,
+    pub tls: Option<TlsState>,
+    pub generation: u64,
+    pub summary: Summary,
+}
+
+/// Result of the last reload attempt, for `/status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    pub last_result: Option<&'static str>,
+    pub last_error: Option<String>,
+    /// Unix seconds.
+    pub last_success: Option<f64>,
+    pub last_attempt: Option<f64>,
+}
+
+/// Process-wide state shared by every connection and task.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub health: HealthRegistry,
+    pub pool: UpstreamPool,
+    pub config_path: PathBuf,
+    pub reload_status: Mutex<ReloadStatus>,
+    pub geo_metrics: GeoMetrics,
+    pub access_log: AccessLog,
+    /// Stop accepting and drain connections gracefully.
+    pub drain: CancellationToken,
+    /// Stop everything now (tunnels, checkers, background tasks).
+    pub hard: CancellationToken,
+    pub tasks: TaskTracker,
+    /// Background tasks (checkers, watcher, access log): outlive connection draining.
+    pub background: TaskTracker,
+    checker: Mutex<Checker>,
+    generation: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+    embedded_geo: Mutex<Option<Arc<GeoDb>>>,
+}
+
+impl Shared {
+    /// Tunnel an upgraded (WebSocket) connection until either side closes or shutdown.
+    pub fn spawn_tunnel(&self, client: OnUpgrade, upstream: OnUpgrade) {
+        let hard = self.hard.clone();
+        self.tasks.spawn(async move {
+            let (Ok(c), Ok(u)) = tokio::join!(client, upstream) else {
+                tracing::debug!("upgrade failed on one side");
+                return;
+            };
+            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "tunnel closed with an error");
+                    }
+                }
+                _ = hard.cancelled() => {}
+            }
+        });
+    }
+
+    /// Read → parse → compile → swap. On error nothing changes and the error is recorded.
+    pub async fn reload(&self) -> Result<Summary, ConfigErrors> {
+        let _guard = self.reload_lock.lock().await;
+        let now = unix_now();
+        let path = self.config_path.clone();
+        let result = {
+            let ctx = CompileCtx { health: &self.health, pool: &self.pool };
+            config::load(&path, &ctx)
+        };
+        let mut st = self.reload_status.lock().unwrap_or_else(|e| e.into_inner());
+        st.last_attempt = Some(now);
+        match result.and_then(|c| self.publish(c)) {
+            Ok(summary) => {
+                st.last_result = Some("ok");
+                st.last_error = None;
+                st.last_success = Some(now);
+                metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
+                metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(now);
+                Ok(summary)
+            }
+            Err(e) => {
+                tracing::error!("configuration rejected, still serving the previous one:\n{e}");
+                st.last_result = Some("error");
+                st.last_error = Some(e.to_string());
+                metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    fn embedded_geo(&self) -> Result<Arc<GeoDb>, ConfigErrors> {
+        let mut slot = self.embedded_geo.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = &*slot {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(GeoDb::embedded().map_err(|e| one_error(&self.config_path, e.to_string()))?);
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Publish a compiled configuration: checks listener compatibility, swaps, reconciles.
+    fn publish(&self, c: Compiled) -> Result<Summary, ConfigErrors> {
+        let old = self.snapshot.load_full();
+        let s = &c.settings;
+        if old.generation > 0
+            && (s.https != old.settings.https || s.http != old.settings.http || s.admin != old.settings.admin)
+        {
+            tracing::warn!("listener addresses changed; restart geolb to move listeners");
+        }
+        let snap = build_snapshot(c, self.generation.fetch_add(1, Ordering::Relaxed) + 1, || self.embedded_geo())?;
+        let summary = snap.summary;
+        tracing::info!(generation = snap.generation, "configuration loaded: {summary}");
+        metrics::gauge!(CONFIG_GENERATION).set(snap.generation as f64);
+        let snap = Arc::new(snap);
+        self.snapshot.store(snap.clone());
+        let mut checker = self.checker.lock().unwrap_or_else(|e| e.into_inner());
+        checker.reconcile(&snap.table, &self.background, &self.hard);
+        Ok(summary)
+    }
+}
+
+fn build_snapshot(
+    c: Compiled,
+    generation: u64,
+    embedded: impl FnOnce() -> Result<Arc<GeoDb>, ConfigErrors>,
+) -> Result<Snapshot, ConfigErrors> {
+    let geo = match c.geo {
+        Some(g) => g,
+        None => embedded()?,
+    };
+    let tls = match c.certs {
+        Some(certs) => {
+            let config = crate::tls::server_config(certs.clone())
+                .map_err(|e| one_error(Path::new("tls"), e.to_string()))?;
+            Some(TlsState { certs, config })
+        }
+        None => None,
+    };
+    Ok(Snapshot { table: c.table, settings: c.settings, geo, tls, generation, summary: c.summary })
+}
+
+fn one_error(file: &Path, message: String) -> ConfigErrors {
+    ConfigErrors(vec![config::ConfigError { file: file.to_path_buf(), line: 0, column: 0, path: String::new(), message }])
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How to start geolb.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    /// Watch the configuration directory and reload on change.
+    pub watch: bool,
+}
+
+/// The entry point for main, tests and benches.
+pub struct App;
+
+/// A started geolb: bound addresses and a shutdown handle.
+pub struct Running {
+    pub https: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+}
+
+impl App {
+    /// Load the configuration (errors are returned, nothing starts), bind every listener,
+    /// start health checks and (optionally) the file watcher.
+    pub async fn start(opts: Options) -> Result<Running, StartError> {
+        crate::metrics::install();
+        let health = HealthRegistry::default();
+        let pool = UpstreamPool::default();
+        let compiled = {
+            let ctx = CompileCtx { health: &health, pool: &pool };
+            config::load(&opts.config, &ctx).map_err(StartError::Config)?
+        };
+        let embedded = Mutex::new(None);
+        let snap = build_snapshot(compiled, 1, || {
+            let db = Arc::new(GeoDb::embedded().map_err(|e| one_error(&opts.config, e.to_string()))?);
+            *embedded.lock().unwrap_or_else(|e| e.into_inner()) = Some(db.clone());
+            Ok(db)
+        })
+        .map_err(StartError::Config)?;
+        let settings = snap.settings.clone();
+        let hard = CancellationToken::new();
+        let background = TaskTracker::new();
+        let access_log = AccessLog::start(settings.access_log.path.clone(), hard.clone(), &background);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snap),
+            health,
+            pool,
+            config_path: opts.config.clone(),
+            reload_status: Mutex::new(ReloadStatus {
+                last_result: Some("ok"),
+                last_success: Some(unix_now()),
+                last_attempt: Some(unix_now()),
+                last_error: None,
+            }),
+            geo_metrics: GeoMetrics::new(),
+            access_log,
+            drain: CancellationToken::new(),
+            hard,
+            tasks: TaskTracker::new(),
+            background,
+            checker: Mutex::new(Checker::default()),
+            generation: AtomicU64::new(1),
+            reload_lock: tokio::sync::Mutex::new(()),
+            embedded_geo: embedded,
+        });
+        metrics::gauge!(CONFIG_GENERATION).set(1.0);
+        metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(unix_now());
+        {
+            let snap = shared.snapshot.load_full();
+            let mut checker = shared.checker.lock().unwrap_or_else(|e| e.into_inner());
+            checker.reconcile(&snap.table, &shared.background, &shared.hard);
+            tracing::info!("configuration loaded: {}", snap.summary);
+        }
+        let mut running = Running { https: None, http: None, admin: None, shared: shared.clone() };
+        let bind = |a: SocketAddr| server::bind(a).map_err(|e| StartError::Bind(a, e));
+        if let Some(a) = settings.https {
+            let l = bind(a)?;
+            running.https = Some(l.local_addr().map_err(|e| StartError::Bind(a, e))?);
+            shared.background.spawn(server::accept_loop(l, ListenerKind::Https, shared.clone()));
+        }
+        if let Some((a, mode)) = settings.http {
+            let l = bind(a)?;
+            running.http = Some(l.local_addr().map_err(|e| StartError::Bind(a, e))?);
+            shared.background.spawn(server::accept_loop(l, ListenerKind::Http(mode), shared.clone()));
+        }
+        if let Some(a) = settings.admin {
+            let l = bind(a)?;
+            running.admin = Some(l.local_addr().map_err(|e| StartError::Bind(a, e))?);
+            shared.background.spawn(crate::admin::serve(l, shared.clone()));
+        }
+        if opts.watch {
+            crate::reload::watch(shared.clone()).map_err(StartError::Watch)?;
+        }
+        Ok(running)
+    }
+}
+
+/// Why geolb could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(ConfigErrors),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("cannot watch the configuration: {0}")]
+    Watch(String),
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish (up to `shutdown_drain`), then stop
+    /// everything else. Returns when all tasks have ended.
+    pub async fn shutdown(self) {
+        let shared = self.shared;
+        let drain = shared.snapshot.load().settings.timeouts.shutdown_drain;
+        shared.drain.cancel();
+        shared.tasks.close();
+        if tokio::time::timeout(drain + Duration::from_secs(1), shared.tasks.wait()).await.is_err() {
+            tracing::warn!("drain deadline passed; closing remaining connections");
+        }
+        shared.hard.cancel();
+        shared.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), shared.background.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), shared.tasks.wait()).await;
+    }
+}

@@ -1,0 +1,200 @@
+//! Body types: a replayable-until-started streaming request body, and the response body.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::health::BackendHealth;
+use crate::routing::Service;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body limit was crossed while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over the limit")]
+pub struct OverLimit;
+
+/// Shared between attempts: the client body stays here until an attempt first polls it.
+#[derive(Debug)]
+pub struct BodySlot {
+    body: Mutex<Option<Incoming>>,
+    started: AtomicBool,
+    over_limit: AtomicBool,
+    hint: SizeHint,
+}
+
+impl BodySlot {
+    pub fn new(body: Incoming) -> Arc<BodySlot> {
+        let hint = body.size_hint();
+        Arc::new(BodySlot {
+            body: Mutex::new(Some(body)),
+            started: AtomicBool::new(false),
+            over_limit: AtomicBool::new(false),
+            hint,
+        })
+    }
+
+    /// True once an attempt has read from the client body (it can no longer be replayed).
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    pub fn over_limit(&self) -> bool {
+        self.over_limit.load(Ordering::Acquire)
+    }
+}
+
+/// Request body sent upstream.
+#[derive(Debug)]
+pub enum ReqBody {
+    Empty,
+    /// Fully buffered (replayable any number of times by cloning the `Bytes`).
+    Full(Option<Bytes>),
+    /// Streams the client body; takes it from the slot on the first poll.
+    Stream { slot: Arc<BodySlot>, inner: Option<Incoming>, seen: u64, limit: Option<u64> },
+}
+
+impl ReqBody {
+    pub fn stream(slot: Arc<BodySlot>, limit: Option<u64>) -> ReqBody {
+        ReqBody::Stream { slot, inner: None, seen: 0, limit }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ReqBody::Stream { slot, inner, seen, limit } => {
+                if inner.is_none() {
+                    slot.started.store(true, Ordering::Release);
+                    *inner = slot.body.lock().unwrap_or_else(|e| e.into_inner()).take();
+                }
+                let Some(body) = inner.as_mut() else { return Poll::Ready(None) };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(d) = frame.data_ref() {
+                            *seen += d.len() as u64;
+                            if limit.is_some_and(|l| *seen > l) {
+                                slot.over_limit.store(true, Ordering::Release);
+                                return Poll::Ready(Some(Err(Box::new(OverLimit))));
+                            }
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                    other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Full(b) => b.is_none(),
+            ReqBody::Stream { inner: Some(b), .. } => b.is_end_stream(),
+            ReqBody::Stream { slot, .. } => slot.hint.exact() == Some(0),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ReqBody::Stream { inner: Some(b), .. } => b.size_hint(),
+            ReqBody::Stream { slot, .. } => slot.hint.clone(),
+        }
+    }
+}
+
+/// Read a whole client body known to be at most `cap` bytes (a replayable copy).
+pub async fn buffer_small(body: Incoming, cap: u64) -> Result<Bytes, BoxError> {
+    let limited = http_body_util::Limited::new(body, cap as usize);
+    Ok(limited.collect().await?.to_bytes())
+}
+
+/// Accounting that must outlive the response headers: released when the body ends or drops.
+#[derive(Debug)]
+pub struct InflightGuard {
+    backend: Arc<BackendHealth>,
+    service: Arc<Service>,
+}
+
+impl InflightGuard {
+    pub fn new(backend: Arc<BackendHealth>, service: Arc<Service>) -> Self {
+        backend.inflight.fetch_add(1, Ordering::Relaxed);
+        service.active.fetch_add(1, Ordering::Relaxed);
+        InflightGuard { backend, service }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.backend.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.service.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Response body sent to the client.
+#[derive(Debug)]
+pub enum RespBody {
+    Full(Option<Bytes>),
+    Upstream { inner: Incoming, guard: Option<InflightGuard> },
+}
+
+impl RespBody {
+    pub fn full(b: impl Into<Bytes>) -> RespBody {
+        RespBody::Full(Some(b.into()))
+    }
+
+    pub fn empty() -> RespBody {
+        RespBody::Full(None)
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespBody::Upstream { inner, guard } => {
+                let r = Pin::new(inner).poll_frame(cx);
+                if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    guard.take();
+                }
+                r
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Full(b) => b.is_none(),
+            RespBody::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RespBody::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,798 @@
+//! `compile`: validate a parsed `RoutesFile` completely and build the immutable runtime
+//! table. Every problem is collected with its field path; nothing is applied on error.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, Method, Uri};
+use ipnet::IpNet;
+
+use super::diag::{ConfigError, ConfigErrors, Locator};
+use super::file::{self, RoutesFile};
+use super::values::parse_duration;
+use crate::client_ip::{IpHeader, TrustedNets};
+use crate::geo::GeoDb;
+use crate::health::{HealthRegistry, PassivePolicy};
+use crate::routing::*;
+use crate::tls::CertSet;
+use crate::upstream::{ClientKey, UpstreamPool};
+
+/// What compile needs from the running process: state that survives reloads.
+pub struct CompileCtx<'a> {
+    pub health: &'a HealthRegistry,
+    pub pool: &'a UpstreamPool,
+}
+
+/// A validated configuration, ready to publish.
+pub struct Compiled {
+    pub table: RoutingTable,
+    pub settings: Settings,
+    /// Loaded when certificates are configured.
+    pub certs: Option<Arc<CertSet>>,
+    /// Loaded when `[geo] database` is set; otherwise the caller uses the embedded one.
+    pub geo: Option<Arc<GeoDb>>,
+    pub client_keys: Vec<ClientKey>,
+    /// Raw file, for `check --diff` and `/status`.
+    pub summary: Summary,
+}
+
+/// Counts for `geolb check` and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub routes: usize,
+    pub services: usize,
+    pub regions: usize,
+    pub backends: usize,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} routes, {} services, {} regions, {} backends",
+            self.routes, self.services, self.regions, self.backends
+        )
+    }
+}
+
+/// Read, parse and compile a file.
+pub fn load(path: &Path, ctx: &CompileCtx<'_>) -> Result<Compiled, ConfigErrors> {
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    compile_str(&src, path, ctx)
+}
+
+/// Parse and compile `src`, which was read from `path` (relative paths inside resolve
+/// against its directory).
+pub fn compile_str(src: &str, path: &Path, ctx: &CompileCtx<'_>) -> Result<Compiled, ConfigErrors> {
+    let loc = Locator::new(path, src);
+    let parsed: RoutesFile = toml::from_str(src).map_err(|e| ConfigErrors(vec![loc.from_toml(&e)]))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut c = Compiler { loc: &loc, errors: Vec::new(), base, ctx };
+    let out = c.compile(&parsed);
+    if c.errors.is_empty() {
+        out.ok_or_else(|| ConfigErrors(vec![loc.error("", "invalid configuration")]))
+    } else {
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+struct Compiler<'a, 'b> {
+    loc: &'a Locator<'a>,
+    errors: Vec<ConfigError>,
+    base: PathBuf,
+    ctx: &'a CompileCtx<'b>,
+}
+
+const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
+
+impl Compiler<'_, '_> {
+    fn err(&mut self, path: &str, msg: impl Into<String>) {
+        let e = self.loc.error(path, msg);
+        self.errors.push(e);
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() { p.to_path_buf() } else { self.base.join(p) }
+    }
+
+    fn duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => parse_duration(s).unwrap_or_else(|e| {
+                self.err(path, e);
+                default
+            }),
+        }
+    }
+
+    fn addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(path, format!("`{s}` is not an address like \"0.0.0.0:443\" or \"[::]:443\""));
+                None
+            }
+        }
+    }
+
+    fn compile(&mut self, f: &RoutesFile) -> Option<Compiled> {
+        let settings = self.settings(f);
+        let certs = if settings.certificates.is_empty() {
+            None
+        } else {
+            match CertSet::load(&settings.certificates) {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    let idx = settings
+                        .certificates
+                        .iter()
+                        .position(|c| e.to_string().starts_with(&c.cert.display().to_string()) || e.to_string().starts_with(&c.key.display().to_string()))
+                        .unwrap_or(0);
+                    self.err(&format!("tls.certificates[{idx}]"), e.to_string());
+                    None
+                }
+            }
+        };
+        if settings.https.is_some() && settings.certificates.is_empty() {
+            self.err("listeners.https", "an https listener needs at least one [[tls.certificates]]");
+        }
+        let geo = settings.geo_database.as_ref().and_then(|p| match GeoDb::open(p) {
+            Ok(db) => Some(Arc::new(db)),
+            Err(e) => {
+                self.err("geo.database", e.to_string());
+                None
+            }
+        });
+
+        // Regions.
+        let mut regions = Vec::new();
+        let mut region_idx = HashMap::new();
+        for (name, r) in &f.regions {
+            let p = format!("regions.{name}");
+            let [lat, lon] = r.location;
+            if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+                self.err(&format!("{p}.location"), "expected [latitude (-90..90), longitude (-180..180)]");
+            }
+            if !(-99..=99).contains(&r.bias) {
+                self.err(&format!("{p}.bias"), "bias must be between -99 and 99");
+            }
+            let header = HeaderValue::from_str(name).unwrap_or_else(|_| {
+                self.err(&p, "region names must be printable ASCII");
+                HeaderValue::from_static("invalid")
+            });
+            region_idx.insert(name.as_str(), regions.len());
+            regions.push(Region { name: name.as_str().into(), lat, lon, bias: r.bias, header });
+        }
+
+        // Services.
+        let mut services: BTreeMap<&str, Arc<Service>> = BTreeMap::new();
+        let mut client_keys = Vec::new();
+        let mut backend_count = 0;
+        for (name, s) in &f.services {
+            if let Some(svc) = self.service(name, s, &region_idx, &settings, &mut client_keys) {
+                backend_count += svc.backends.len();
+                services.insert(name.as_str(), Arc::new(svc));
+            }
+        }
+
+        // Routes.
+        let mut routes = Vec::new();
+        let mut exact: HashMap<Box<str>, Vec<(Box<str>, usize)>> = HashMap::new();
+        let mut wildcard: HashMap<Box<str>, Vec<(Box<str>, usize)>> = HashMap::new();
+        let mut any: Vec<(Box<str>, usize)> = Vec::new();
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        for (i, r) in f.routes.iter().enumerate() {
+            let p = format!("routes[{i}]");
+            let Some(svc) = services.get(r.service.as_str()).cloned() else {
+                let known: Vec<&str> = f.services.keys().map(String::as_str).collect();
+                let hint = known
+                    .iter()
+                    .min_by_key(|k| super::diag::edit_distance(&r.service, k))
+                    .map(|k| format!(" (did you mean `{k}`?)"))
+                    .unwrap_or_default();
+                if f.services.contains_key(&r.service) {
+                    continue; // the service itself had errors, already reported
+                }
+                self.err(&format!("{p}.service"), format!("unknown service `{}`{hint}", r.service));
+                continue;
+            };
+            if !r.path_prefix.starts_with('/') {
+                self.err(&format!("{p}.path_prefix"), "must start with `/`");
+            }
+            let route_idx = routes.len();
+            let hosts: Vec<String> = if r.hosts.is_empty() { vec!["*".into()] } else { r.hosts.clone() };
+            for (h, host) in hosts.iter().enumerate() {
+                let host = host.to_ascii_lowercase();
+                let hp = format!("{p}.hosts[{h}]");
+                if !seen.insert((host.clone(), r.path_prefix.clone())) {
+                    self.err(&hp, format!("`{host}` with path_prefix `{}` is already routed", r.path_prefix));
+                    continue;
+                }
+                let entry = (Box::from(r.path_prefix.as_str()), route_idx);
+                if host == "*" {
+                    any.push(entry);
+                } else if let Some(suffix) = host.strip_prefix("*.") {
+                    if !valid_host(suffix) {
+                        self.err(&hp, format!("`{host}` is not a valid wildcard host"));
+                    }
+                    wildcard.entry(format!(".{suffix}").into()).or_default().push(entry);
+                } else if valid_host(&host) {
+                    exact.entry(host.into()).or_default().push(entry);
+                } else {
+                    self.err(&hp, format!("`{host}` is not a valid host name (use `*.example.com` for wildcards)"));
+                }
+            }
+            let svc_region_idx = |name: &str| {
+                svc.regions.iter().position(|sr| &*regions[sr.region].name == name)
+            };
+            let mut default_order = Vec::new();
+            if let Some(list) = &r.default_regions {
+                for (j, name) in list.iter().enumerate() {
+                    match svc_region_idx(name) {
+                        Some(k) => default_order.push(k),
+                        None => self.err(
+                            &format!("{p}.default_regions[{j}]"),
+                            format!("service `{}` has no backends in region `{name}`", r.service),
+                        ),
+                    }
+                }
+            }
+            let mut overrides = Vec::new();
+            for (j, o) in r.overrides.iter().enumerate() {
+                let op = format!("{p}.overrides[{j}]");
+                let mut order = Vec::new();
+                for (k, name) in o.regions.iter().enumerate() {
+                    match svc_region_idx(name) {
+                        Some(x) => order.push(x),
+                        None => self.err(
+                            &format!("{op}.regions[{k}]"),
+                            format!("service `{}` has no backends in region `{name}`", r.service),
+                        ),
+                    }
+                }
+                if o.regions.is_empty() {
+                    self.err(&format!("{op}.regions"), "an override needs at least one region");
+                }
+                let mut countries = Vec::new();
+                for (k, c) in o.countries.iter().enumerate() {
+                    match c.as_bytes() {
+                        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                            countries.push([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
+                        }
+                        _ => self.err(&format!("{op}.countries[{k}]"), format!("`{c}` is not an ISO 3166 alpha-2 code")),
+                    }
+                }
+                let mut continents = Vec::new();
+                for (k, c) in o.continents.iter().enumerate() {
+                    let up = c.to_ascii_uppercase();
+                    if CONTINENTS.contains(&up.as_str()) {
+                        let b = up.as_bytes();
+                        continents.push([b[0], b[1]]);
+                    } else {
+                        self.err(&format!("{op}.continents[{k}]"), format!("`{c}` is not one of {CONTINENTS:?}"));
+                    }
+                }
+                let mut cidrs = Vec::new();
+                for (k, c) in o.cidrs.iter().enumerate() {
+                    match parse_net(c) {
+                        Some(n) => cidrs.push(n),
+                        None => self.err(&format!("{op}.cidrs[{k}]"), format!("`{c}` is not a CIDR")),
+                    }
+                }
+                if countries.is_empty() && continents.is_empty() && cidrs.is_empty() {
+                    self.err(&op, "an override needs countries, continents or cidrs");
+                }
+                overrides.push(Override {
+                    countries: countries.into(),
+                    continents: continents.into(),
+                    cidrs: cidrs.into(),
+                    order: order.into(),
+                });
+            }
+            let name: Arc<str> = format!("{}{}", hosts[0].to_ascii_lowercase(), r.path_prefix).into();
+            let label = metrics::SharedString::from_shared(name.clone());
+            let mut route_metrics: Vec<_> = svc
+                .regions
+                .iter()
+                .map(|sr| {
+                    let region = metrics::SharedString::from_shared(regions[sr.region].name.clone());
+                    crate::metrics::RouteRegionMetrics::new(&label, &region)
+                })
+                .collect();
+            route_metrics.push(crate::metrics::RouteRegionMetrics::new(&label, &"none".into()));
+            routes.push(Route {
+                name,
+                metrics: route_metrics.into(),
+                service: svc,
+                default_order: default_order.into(),
+                overrides: overrides.into(),
+            });
+        }
+        if f.routes.is_empty() {
+            self.err("routes", "no [[routes]] defined");
+        }
+        let finish = |m: HashMap<Box<str>, Vec<(Box<str>, usize)>>| {
+            m.into_iter().map(|(k, v)| (k, sort_prefixes(v))).collect::<HashMap<_, _>>()
+        };
+        let summary = Summary {
+            routes: routes.len(),
+            services: services.len(),
+            regions: regions.len(),
+            backends: backend_count,
+        };
+        let table = RoutingTable {
+            exact: finish(exact),
+            wildcard: finish(wildcard),
+            any: sort_prefixes(any),
+            routes: routes.into(),
+            regions: regions.into(),
+            services: services.into_values().collect(),
+        };
+        Some(Compiled { table, settings, certs, geo, client_keys, summary })
+    }
+
+    fn settings(&mut self, f: &RoutesFile) -> Settings {
+        let l = &f.listeners;
+        let https = l.https.as_ref().and_then(|a| self.addr("listeners.https", a));
+        let http = l.http.as_ref().and_then(|h| {
+            self.addr("listeners.http.address", &h.address).map(|a| (a, h.mode))
+        });
+        let admin = l.admin.as_ref().and_then(|a| self.addr("listeners.admin", a));
+        if https.is_none() && http.is_none() && l.https.is_none() && l.http.is_none() {
+            self.err("listeners", "configure at least one of listeners.https and listeners.http");
+        }
+        let t = &f.timeouts;
+        let timeouts = Timeouts {
+            tls_handshake: self.duration("timeouts.tls_handshake", &t.tls_handshake, Duration::from_secs(10)),
+            request_header: self.duration("timeouts.request_header", &t.request_header, Duration::from_secs(10)),
+            keepalive_idle: self.duration("timeouts.keepalive_idle", &t.keepalive_idle, Duration::from_secs(60)),
+            upstream_connect: self.duration("timeouts.upstream_connect", &t.upstream_connect, Duration::from_secs(3)),
+            upstream_response_header: self.duration(
+                "timeouts.upstream_response_header",
+                &t.upstream_response_header,
+                Duration::from_secs(60),
+            ),
+            upstream_idle: self.duration("timeouts.upstream_idle", &t.upstream_idle, Duration::from_secs(90)),
+            request: Some(self.duration("timeouts.request", &t.request, Duration::ZERO))
+                .filter(|d| !d.is_zero()),
+            shutdown_drain: self.duration("timeouts.shutdown_drain", &t.shutdown_drain, Duration::from_secs(30)),
+            proxy_protocol: self.duration("timeouts.proxy_protocol", &t.proxy_protocol, Duration::from_secs(5)),
+        };
+        for (name, d) in [
+            ("tls_handshake", timeouts.tls_handshake),
+            ("request_header", timeouts.request_header),
+            ("upstream_connect", timeouts.upstream_connect),
+            ("upstream_response_header", timeouts.upstream_response_header),
+        ] {
+            if d.is_zero() {
+                self.err(&format!("timeouts.{name}"), "must be greater than zero");
+            }
+        }
+        let lim = &f.limits;
+        let max_header_bytes = lim.max_header_bytes.unwrap_or(64 * 1024);
+        if !(8192..=1 << 24).contains(&max_header_bytes) {
+            self.err("limits.max_header_bytes", "must be between 8192 and 16777216");
+        }
+        let limits = Limits {
+            max_header_bytes: max_header_bytes as usize,
+            max_headers: lim.max_headers.unwrap_or(100).clamp(1, 10_000) as usize,
+            max_body_bytes: lim.max_body_bytes.filter(|&b| b > 0),
+            max_connections: lim.max_connections.unwrap_or(10_000).max(1) as usize,
+            h2_max_concurrent_streams: lim.h2_max_concurrent_streams.unwrap_or(128).max(1),
+            h2_max_pending_resets: lim.h2_max_pending_resets.unwrap_or(20) as usize,
+            h2_max_local_error_resets: lim.h2_max_local_error_resets.unwrap_or(256) as usize,
+            max_idle_upstream_per_host: lim.max_idle_upstream_per_host.unwrap_or(256) as usize,
+        };
+        let ci = &f.client_ip;
+        let mut nets = Vec::new();
+        for (i, n) in ci.trusted_proxies.iter().enumerate() {
+            match parse_net(n) {
+                Some(net) => nets.push(net),
+                None => self.err(&format!("client_ip.trusted_proxies[{i}]"), format!("`{n}` is not an IP address or CIDR")),
+            }
+        }
+        let ip_header = match ci.header.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("x-forwarded-for") => IpHeader::XForwardedFor,
+            Some("forwarded") => IpHeader::Forwarded,
+            Some(h) => match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => IpHeader::Single(n),
+                Err(_) => {
+                    self.err("client_ip.header", format!("`{h}` is not a header name"));
+                    IpHeader::XForwardedFor
+                }
+            },
+        };
+        let mut certificates = Vec::new();
+        for (i, c) in f.tls.certificates.iter().enumerate() {
+            for (j, n) in c.names.iter().enumerate() {
+                let bare = n.strip_prefix("*.").unwrap_or(n);
+                if !valid_host(&bare.to_ascii_lowercase()) {
+                    self.err(&format!("tls.certificates[{i}].names[{j}]"), format!("`{n}` is not a host name or `*.wildcard`"));
+                }
+            }
+            certificates.push(CertSpec {
+                names: c.names.clone(),
+                cert: self.path(&c.cert),
+                key: self.path(&c.key),
+                default: c.default,
+            });
+        }
+        if f.tls.certificates.iter().filter(|c| c.default).count() > 1 {
+            self.err("tls.certificates", "only one certificate may be `default = true`");
+        }
+        let al = &f.access_log;
+        Settings {
+            https,
+            http,
+            admin,
+            admin_token: l.admin_token.as_deref().map(Arc::from),
+            timeouts,
+            limits,
+            trusted: TrustedNets::new(nets),
+            ip_header,
+            proxy_protocol: ci.proxy_protocol,
+            access_log: AccessLogSettings {
+                enabled: al.enabled.unwrap_or(true),
+                format: al.format.unwrap_or_default(),
+                path: al.path.as_deref().map(|p| self.path(p)),
+            },
+            response_region: f.headers.response_region,
+            preserve_host: f.headers.preserve_host.unwrap_or(true),
+            certificates,
+            geo_database: f.geo.database.as_deref().map(|p| self.path(p)),
+        }
+    }
+
+    fn service(
+        &mut self,
+        name: &str,
+        s: &file::ServiceFile,
+        region_idx: &HashMap<&str, usize>,
+        settings: &Settings,
+        client_keys: &mut Vec<ClientKey>,
+    ) -> Option<Service> {
+        let p = format!("services.{name}");
+        let errors_before = self.errors.len();
+        if s.backends.is_empty() {
+            self.err(&format!("{p}.backends"), "a service needs at least one backend");
+        }
+        let mut backends = Vec::new();
+        let mut regions: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut any_https = false;
+        let mut any_http = false;
+        let mut seen = HashSet::new();
+        let initial_up = !matches!(s.health.initial.as_deref(), Some("unhealthy"));
+        for (i, b) in s.backends.iter().enumerate() {
+            let bp = format!("{p}.backends[{i}]");
+            let Some(&ridx) = region_idx.get(b.region.as_str()) else {
+                let hint = region_idx
+                    .keys()
+                    .min_by_key(|k| super::diag::edit_distance(&b.region, k))
+                    .map(|k| format!(" (did you mean `{k}`?)"))
+                    .unwrap_or_default();
+                self.err(&format!("{bp}.region"), format!("unknown region `{}`{hint}", b.region));
+                continue;
+            };
+            let (scheme, authority, label) = match (&b.address, &b.url) {
+                (Some(a), None) => match a.parse::<Authority>() {
+                    Ok(auth) if auth.port_u16().is_some() => (Scheme::HTTP, auth, a.clone()),
+                    _ => {
+                        self.err(&format!("{bp}.address"), format!("`{a}` is not host:port"));
+                        continue;
+                    }
+                },
+                (None, Some(u)) => match u.parse::<Uri>() {
+                    Ok(uri)
+                        if matches!(uri.scheme_str(), Some("http" | "https"))
+                            && uri.authority().is_some()
+                            && uri.path() == "/" =>
+                    {
+                        let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+                        (scheme, uri.authority().cloned().expect("checked"), u.clone())
+                    }
+                    _ => {
+                        self.err(&format!("{bp}.url"), format!("`{u}` is not an http:// or https:// URL without a path"));
+                        continue;
+                    }
+                },
+                _ => {
+                    self.err(&bp, "set exactly one of `address` and `url`");
+                    continue;
+                }
+            };
+            if !seen.insert(label.clone()) {
+                self.err(&bp, format!("backend `{label}` is listed twice"));
+            }
+            if b.weight > 10_000 {
+                self.err(&format!("{bp}.weight"), "weight must be 0..=10000");
+            }
+            if scheme == Scheme::HTTPS { any_https = true } else { any_http = true }
+            let sr = match regions.iter().position(|(r, _)| *r == ridx) {
+                Some(x) => x,
+                None => {
+                    regions.push((ridx, Vec::new()));
+                    regions.len() - 1
+                }
+            };
+            regions[sr].1.push(backends.len());
+            let health = self.ctx.health.get_or_create(&format!("{name}|{label}"), initial_up);
+            backends.push(Backend {
+                name: label.into(),
+                scheme,
+                authority,
+                weight: b.weight,
+                region: sr,
+                health,
+            });
+        }
+        if regions.len() > MAX_REGIONS {
+            self.err(&format!("{p}.backends"), format!("a service may span at most {MAX_REGIONS} regions"));
+        }
+        let hash_key = match s.hash_key.as_deref() {
+            None | Some("client_ip") => HashKey::ClientIp,
+            Some(k) => match k.split_once(':') {
+                Some(("header", h)) => match HeaderName::from_bytes(h.trim().as_bytes()) {
+                    Ok(n) => HashKey::Header(n),
+                    Err(_) => {
+                        self.err(&format!("{p}.hash_key"), format!("`{h}` is not a header name"));
+                        HashKey::ClientIp
+                    }
+                },
+                Some(("cookie", c)) if !c.trim().is_empty() => HashKey::Cookie(c.trim().into()),
+                _ => {
+                    self.err(&format!("{p}.hash_key"), "expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\"");
+                    HashKey::ClientIp
+                }
+            },
+        };
+        let check = self.check(&p, &s.health);
+        let pv = &s.passive;
+        let passive = PassivePolicy {
+            consecutive_failures: pv.consecutive_failures.unwrap_or(5),
+            on_5xx: pv.on_5xx.unwrap_or(false),
+            base_ejection_ms: self.duration(&format!("{p}.passive.base_ejection"), &pv.base_ejection, Duration::from_secs(30)).as_millis() as u64,
+            max_ejection_ms: self.duration(&format!("{p}.passive.max_ejection"), &pv.max_ejection, Duration::from_secs(300)).as_millis() as u64,
+            max_ejection_percent: pv.max_ejection_percent.unwrap_or(50).min(100),
+        };
+        let sp = &s.spillover;
+        let overprovisioning = sp.overprovisioning.unwrap_or(1.4);
+        if !(1.0..=10.0).contains(&overprovisioning) {
+            self.err(&format!("{p}.spillover.overprovisioning"), "must be between 1.0 and 10.0");
+        }
+        let panic_threshold = sp.panic_threshold.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&panic_threshold) {
+            self.err(&format!("{p}.spillover.panic_threshold"), "must be between 0.0 and 1.0");
+        }
+        let panic = match sp.panic.as_deref() {
+            None | Some("fail_open") => PanicMode::FailOpen,
+            Some("fail_closed") => PanicMode::FailClosed,
+            Some(o) => {
+                self.err(&format!("{p}.spillover.panic"), format!("`{o}`: expected \"fail_open\" or \"fail_closed\""));
+                PanicMode::FailOpen
+            }
+        };
+        let spill = SpillPolicy {
+            overprovisioning,
+            panic_threshold,
+            panic,
+            failback_delay_ms: self.duration(&format!("{p}.spillover.failback_delay"), &sp.failback_delay, Duration::from_secs(30)).as_millis() as u64,
+            slow_start_ms: self.duration(&format!("{p}.spillover.slow_start"), &sp.slow_start, Duration::ZERO).as_millis() as u64,
+        };
+        let retry = self.retry(&p, &s.retry);
+        let ut = &s.upstream_tls;
+        if ut.client_cert.is_some() != ut.client_key.is_some() {
+            self.err(&format!("{p}.upstream_tls"), "set both client_cert and client_key, or neither");
+        }
+        let key = ClientKey {
+            ca: ut.ca.as_deref().map(|c| self.path(c)),
+            server_name: ut.server_name.clone(),
+            client_cert: ut.client_cert.as_deref().zip(ut.client_key.as_deref()).map(|(c, k)| (self.path(c), self.path(k))),
+            http2_prior_knowledge: s.http2 && any_http && !any_https,
+            http2_alpn: s.http2,
+            connect_timeout: settings.timeouts.upstream_connect,
+            idle_timeout: settings.timeouts.upstream_idle,
+            max_idle: settings.limits.max_idle_upstream_per_host,
+        };
+        if s.http2 && any_http && any_https {
+            self.err(&format!("{p}.http2"), "http2 needs all backends https (ALPN) or all http (prior knowledge)");
+        }
+        let client = match self.ctx.pool.client(&key) {
+            Ok(c) => c,
+            Err(e) => {
+                self.err(&format!("{p}.upstream_tls"), e);
+                return None;
+            }
+        };
+        client_keys.push(key);
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        let regions = regions
+            .into_iter()
+            .map(|(region, idx)| build_region(region, idx, &backends))
+            .collect();
+        Some(Service {
+            name: name.into(),
+            lb: s.lb,
+            hash_key,
+            backends: backends.into(),
+            regions,
+            client,
+            passive,
+            spill,
+            retry,
+            check,
+            active: AtomicU32::new(0),
+            retries_active: AtomicU32::new(0),
+        })
+    }
+
+    fn check(&mut self, p: &str, h: &file::HealthFile) -> Option<CheckSpec> {
+        let hp = format!("{p}.health");
+        let kind = match h.kind.as_deref() {
+            Some("none") => return None,
+            Some("tcp") => CheckKind::Tcp,
+            None if h.path.is_none() => return None,
+            None | Some("http") => {
+                let method = match h.method.as_deref().unwrap_or("GET").parse::<Method>() {
+                    Ok(m) => m,
+                    Err(_) => {
+                        self.err(&format!("{hp}.method"), "not an HTTP method");
+                        Method::GET
+                    }
+                };
+                let path = h.path.clone().unwrap_or_else(|| "/".into());
+                if !path.starts_with('/') {
+                    self.err(&format!("{hp}.path"), "must start with `/`");
+                }
+                let mut expect = Vec::new();
+                for (i, e) in h.expect.clone().unwrap_or_else(|| vec!["200-399".into()]).iter().enumerate() {
+                    let parsed = match e.split_once('-') {
+                        Some((a, b)) => a.trim().parse().ok().zip(b.trim().parse().ok()),
+                        None => e.trim().parse().ok().map(|x| (x, x)),
+                    };
+                    match parsed {
+                        Some((a, b)) if (100..=599).contains(&a) && a <= b && b <= 599 => expect.push((a, b)),
+                        _ => self.err(&format!("{hp}.expect[{i}]"), format!("`{e}` is not a status or range like \"200-399\"")),
+                    }
+                }
+                CheckKind::Http { method, path, host: h.host.clone(), expect }
+            }
+            Some(o) => {
+                self.err(&format!("{hp}.kind"), format!("`{o}`: expected \"http\", \"tcp\" or \"none\""));
+                return None;
+            }
+        };
+        let interval = self.duration(&format!("{hp}.interval"), &h.interval, Duration::from_secs(2));
+        let spec = CheckSpec {
+            kind,
+            interval,
+            unhealthy_interval: self.duration(&format!("{hp}.unhealthy_interval"), &h.unhealthy_interval, interval.min(Duration::from_secs(1))),
+            timeout: self.duration(&format!("{hp}.timeout"), &h.timeout, Duration::from_secs(1)),
+            rise: h.healthy.unwrap_or(2).max(1),
+            fall: h.unhealthy.unwrap_or(3).max(1),
+        };
+        if spec.interval.is_zero() || spec.timeout.is_zero() || spec.unhealthy_interval.is_zero() {
+            self.err(&hp, "interval, unhealthy_interval and timeout must be greater than zero");
+        }
+        if let Some(init) = &h.initial {
+            if init != "healthy" && init != "unhealthy" {
+                self.err(&format!("{hp}.initial"), "expected \"healthy\" or \"unhealthy\"");
+            }
+        }
+        Some(spec)
+    }
+
+    fn retry(&mut self, p: &str, r: &file::RetryFile) -> RetryPolicy {
+        let attempts = r.attempts.unwrap_or(3) as usize;
+        if !(1..=MAX_ATTEMPTS).contains(&attempts) {
+            self.err(&format!("{p}.retry.attempts"), format!("must be 1..={MAX_ATTEMPTS}"));
+        }
+        let mut pol = RetryPolicy {
+            attempts: attempts.clamp(1, MAX_ATTEMPTS),
+            on_connect: false,
+            on_reset: false,
+            on_timeout: false,
+            on_status: Box::new([]),
+            budget: r.budget.unwrap_or(0.2),
+            min_retries: r.min_retries.unwrap_or(3),
+            buffer_bytes: r.buffer_bytes.unwrap_or(64 * 1024),
+        };
+        let on = r.on.clone().unwrap_or_else(|| vec!["connect".into(), "reset".into(), "502".into(), "503".into()]);
+        let mut statuses = Vec::new();
+        for (i, o) in on.iter().enumerate() {
+            match o.as_str() {
+                "connect" => pol.on_connect = true,
+                "reset" => pol.on_reset = true,
+                "timeout" => pol.on_timeout = true,
+                s => match s.parse::<u16>() {
+                    Ok(code) if (500..=599).contains(&code) => statuses.push(code),
+                    _ => self.err(&format!("{p}.retry.on[{i}]"), format!("`{s}`: expected connect, reset, timeout or a 5xx status")),
+                },
+            }
+        }
+        pol.on_status = statuses.into();
+        if !(0.0..=1.0).contains(&pol.budget) {
+            self.err(&format!("{p}.retry.budget"), "must be between 0.0 and 1.0");
+        }
+        pol
+    }
+}
+
+fn build_region(region: usize, idx: Vec<usize>, backends: &[Backend]) -> ServiceRegion {
+    let total_weight = idx.iter().map(|&b| u64::from(backends[b].weight)).sum();
+    // Interleaved weighted schedule (smooth weighted round robin, precomputed).
+    let mut rr = Vec::new();
+    let weights: Vec<i64> = idx.iter().map(|&b| i64::from(backends[b].weight)).collect();
+    let total: i64 = weights.iter().sum();
+    if total > 0 {
+        let mut current = vec![0i64; idx.len()];
+        let len = total.min(4096);
+        for _ in 0..len {
+            for (c, w) in current.iter_mut().zip(&weights) {
+                *c += w;
+            }
+            let best = (0..idx.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i))).unwrap_or(0);
+            current[best] -= total;
+            rr.push(idx[best]);
+        }
+    } else {
+        rr.extend(idx.iter().copied());
+    }
+    // Consistent-hash ring: 100 points per unit of weight (at least 1 point).
+    let mut ring = Vec::new();
+    for &b in &idx {
+        let points = (backends[b].weight.max(1) as usize * 100).min(10_000);
+        let base = crate::select::hash_bytes(backends[b].name.as_bytes());
+        for k in 0..points {
+            ring.push((crate::select::mix(base ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)), b));
+        }
+    }
+    ring.sort_unstable();
+    ServiceRegion {
+        region,
+        backends: idx.into(),
+        total_weight,
+        rr_table: rr.into(),
+        rr_next: AtomicUsize::new(0),
+        ring: ring.into(),
+        served: std::sync::atomic::AtomicU64::new(0),
+    }
+}
+
+fn sort_prefixes(mut v: Vec<(Box<str>, usize)>) -> Box<[(Box<str>, usize)]> {
+    v.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+    v.into()
+}
+
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>().ok().or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+/// A DNS name or an IP literal; lowercase expected.
+fn valid_host(h: &str) -> bool {
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}

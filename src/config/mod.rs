@@ -1,0 +1,11 @@
+//! Configuration: `file` (serde shape), `compile` (validation into runtime types), `diag`
+//! (positioned errors).
+
+pub mod compile;
+pub mod diag;
+pub mod diff;
+pub mod file;
+mod values;
+
+pub use compile::{CompileCtx, Compiled, compile_str, load};
+pub use diag::{ConfigError, ConfigErrors};

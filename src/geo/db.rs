@@ -1,0 +1,327 @@
+//! `GeoDb`: a verified MaxMind-format reader held in memory, with allocation-free lookups.
+//!
+//! Supported layouts: GeoIP2/GeoLite2 City and Country (`country.iso_code`, `location.latitude`,
+//! `continent.code`), and the `@ip-location-db` layouts (`country_code`, top-level
+//! `latitude`/`longitude`). A record without coordinates falls back to its country's centroid.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+
+use maxminddb::Reader;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+use super::centroids;
+
+/// The embedded default: iptoasn country data (PDDL-1.0), see `src/geo/embedded/NOTICE.md`.
+static EMBEDDED_V4: &[u8] = include_bytes!("embedded/iptoasn-country-ipv4.mmdb");
+static EMBEDDED_V6: &[u8] = include_bytes!("embedded/iptoasn-country-ipv6.mmdb");
+
+/// Where a location's coordinates came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocSource {
+    /// The record's own coordinates (city-level databases).
+    Record,
+    /// The record had only a country: its centroid.
+    CountryCentroid,
+}
+
+impl LocSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocSource::Record => "city",
+            LocSource::CountryCentroid => "country",
+        }
+    }
+}
+
+/// A located client. Coordinates in degrees; codes are uppercase ASCII.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Location {
+    pub lat: f64,
+    pub lon: f64,
+    pub country: Option<[u8; 2]>,
+    pub continent: Option<[u8; 2]>,
+    pub source: LocSource,
+}
+
+impl Location {
+    /// The country code as a `'static` string (from the centroid table), for headers and labels.
+    pub fn country_str(&self) -> Option<&'static str> {
+        let c = centroids::centroid(&self.country?)?;
+        std::str::from_utf8(&c.code).ok()
+    }
+}
+
+/// Facts about the loaded database, for `/status` and `/explain`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GeoInfo {
+    /// File path, or "embedded".
+    pub source: String,
+    pub database_type: String,
+    /// Unix seconds.
+    pub build_epoch: u64,
+    pub node_count: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GeoError {
+    #[error("cannot read geo database {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("invalid geo database {path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+enum Source {
+    Single(Reader<Vec<u8>>),
+    Split { v4: Reader<&'static [u8]>, v6: Reader<&'static [u8]> },
+}
+
+/// A loaded, verified database. Immutable; replaced whole on reload.
+pub struct GeoDb {
+    source: Source,
+    info: GeoInfo,
+}
+
+impl fmt::Debug for GeoDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeoDb").field("info", &self.info).finish()
+    }
+}
+
+impl GeoDb {
+    /// The country database compiled into the binary.
+    pub fn embedded() -> Result<GeoDb, GeoError> {
+        let invalid = |e: maxminddb::MaxMindDbError| GeoError::Invalid {
+            path: "embedded".into(),
+            reason: e.to_string(),
+        };
+        let v4 = Reader::from_source(EMBEDDED_V4).map_err(invalid)?;
+        let v6 = Reader::from_source(EMBEDDED_V6).map_err(invalid)?;
+        let m = &v6.metadata();
+        let info = GeoInfo {
+            source: "embedded (iptoasn-country, PDDL-1.0)".into(),
+            database_type: m.database_type.clone(),
+            build_epoch: m.build_epoch,
+            node_count: m.node_count + v4.metadata().node_count,
+        };
+        Ok(GeoDb { source: Source::Split { v4, v6 }, info })
+    }
+
+    /// Load and check a database file: structure (`verify`), metadata and a sample lookup.
+    pub fn open(path: &Path) -> Result<GeoDb, GeoError> {
+        let p = path.display().to_string();
+        let bytes =
+            std::fs::read(path).map_err(|source| GeoError::Io { path: p.clone(), source })?;
+        Self::from_bytes(bytes, &p)
+    }
+
+    /// As [`GeoDb::open`], from bytes already in memory; `name` is used in messages.
+    pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<GeoDb, GeoError> {
+        let invalid = |reason: String| GeoError::Invalid { path: name.to_owned(), reason };
+        let reader = Reader::from_source(bytes).map_err(|e| invalid(e.to_string()))?;
+        reader.verify().map_err(|e| invalid(format!("verification failed: {e}")))?;
+        let m = &reader.metadata();
+        if m.binary_format_major_version != 2 {
+            return Err(invalid(format!(
+                "unsupported binary format {}",
+                m.binary_format_major_version
+            )));
+        }
+        if m.node_count == 0 {
+            return Err(invalid("database has no networks".into()));
+        }
+        let sample: IpAddr = if m.ip_version == 6 {
+            "2001:db8::1".parse().expect("literal")
+        } else {
+            "192.0.2.1".parse().expect("literal")
+        };
+        let res = reader.lookup(sample).map_err(|e| invalid(format!("sample lookup: {e}")))?;
+        res.decode::<Record<'_>>().map_err(|e| invalid(format!("sample decode: {e}")))?;
+        let info = GeoInfo {
+            source: name.to_owned(),
+            database_type: m.database_type.clone(),
+            build_epoch: m.build_epoch,
+            node_count: m.node_count,
+        };
+        Ok(GeoDb { source: Source::Single(reader), info })
+    }
+
+    pub fn info(&self) -> &GeoInfo {
+        &self.info
+    }
+
+    /// Locate an address; `None` when the database knows nothing usable about it.
+    /// Does not allocate.
+    pub fn locate(&self, ip: IpAddr) -> Option<Location> {
+        let ip = ip.to_canonical();
+        let rec = match &self.source {
+            Source::Single(r) => decode(r, ip),
+            Source::Split { v4, v6 } => match ip {
+                IpAddr::V4(_) => decode(v4, ip),
+                IpAddr::V6(_) => decode(v6, ip),
+            },
+        }?;
+        rec.into_location()
+    }
+}
+
+fn decode<'a, S: AsRef<[u8]>>(reader: &'a Reader<S>, ip: IpAddr) -> Option<Record<'a>> {
+    reader.lookup(ip).ok()?.decode::<Record<'a>>().ok()?
+}
+
+#[derive(Deserialize, Default)]
+struct Record<'a> {
+    #[serde(borrow, default)]
+    country: Option<CodeRec<'a>>,
+    #[serde(borrow, default)]
+    registered_country: Option<CodeRec<'a>>,
+    #[serde(borrow, default)]
+    continent: Option<ContinentRec<'a>>,
+    #[serde(default)]
+    location: Option<LocRec>,
+    #[serde(borrow, default)]
+    country_code: Option<&'a str>,
+    #[serde(default)]
+    latitude: Option<Flex>,
+    #[serde(default)]
+    longitude: Option<Flex>,
+}
+
+#[derive(Deserialize)]
+struct CodeRec<'a> {
+    #[serde(borrow, default)]
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct ContinentRec<'a> {
+    #[serde(borrow, default)]
+    code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct LocRec {
+    #[serde(default)]
+    latitude: Option<Flex>,
+    #[serde(default)]
+    longitude: Option<Flex>,
+}
+
+/// A number stored as double, float or integer.
+#[derive(Clone, Copy)]
+struct Flex(f64);
+
+impl<'de> Deserialize<'de> for Flex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Flex, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Flex;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Flex, E> {
+                Ok(Flex(v))
+            }
+            fn visit_f32<E: de::Error>(self, v: f32) -> Result<Flex, E> {
+                Ok(Flex(f64::from(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Flex, E> {
+                Ok(Flex(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Flex, E> {
+                Ok(Flex(v as f64))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn code2(s: Option<&str>) -> Option<[u8; 2]> {
+    match s?.as_bytes() {
+        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+            Some([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
+        }
+        _ => None,
+    }
+}
+
+impl Record<'_> {
+    fn into_location(self) -> Option<Location> {
+        let country = code2(self.country.and_then(|c| c.iso_code))
+            .or_else(|| code2(self.country_code))
+            .or_else(|| code2(self.registered_country.and_then(|c| c.iso_code)));
+        let centroid = country.and_then(|c| centroids::centroid(&c));
+        let continent = code2(self.continent.and_then(|c| c.code))
+            .or_else(|| centroid.map(|c| c.continent));
+        let coords = match self.location {
+            Some(LocRec { latitude: Some(la), longitude: Some(lo) }) => Some((la.0, lo.0)),
+            _ => match (self.latitude, self.longitude) {
+                (Some(la), Some(lo)) => Some((la.0, lo.0)),
+                _ => None,
+            },
+        }
+        .filter(|(la, lo)| la.is_finite() && lo.is_finite() && la.abs() <= 90.0 && lo.abs() <= 180.0);
+        match (coords, centroid) {
+            (Some((lat, lon)), _) => {
+                Some(Location { lat, lon, country, continent, source: LocSource::Record })
+            }
+            (None, Some(c)) => Some(Location {
+                lat: c.lat,
+                lon: c.lon,
+                country,
+                continent,
+                source: LocSource::CountryCentroid,
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Great-circle distance in kilometres (haversine, mean Earth radius 6371.0088 km).
+pub fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let dp = p2 - p1;
+    let dl = (lon2 - lon1).to_radians();
+    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * 6371.0088 * a.sqrt().min(1.0).asin()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haversine_known_distances() {
+        // Frankfurt – Singapore ≈ 10,260 km.
+        let d = distance_km(50.11, 8.68, 1.29, 103.85);
+        assert!((10_200.0..10_320.0).contains(&d), "{d}");
+        assert!(distance_km(1.0, 2.0, 1.0, 2.0).abs() < 1e-9);
+        // Antipodes: half the circumference.
+        let d = distance_km(0.0, 0.0, 0.0, 180.0);
+        assert!((d - 20_015.1).abs() < 1.0, "{d}");
+    }
+
+    #[test]
+    fn embedded_database_locates_real_addresses() {
+        let db = GeoDb::embedded().unwrap();
+        let loc = db.locate("81.2.69.142".parse().unwrap()).unwrap();
+        assert_eq!(loc.country, Some(*b"GB"));
+        assert_eq!(loc.continent, Some(*b"EU"));
+        assert_eq!(loc.source, LocSource::CountryCentroid);
+        let loc = db.locate("2001:200::1".parse().unwrap()).unwrap();
+        assert_eq!(loc.country_str(), Some("JP"));
+        // IPv4-mapped addresses are canonicalised first.
+        let loc = db.locate("::ffff:133.1.1.1".parse().unwrap()).unwrap();
+        assert_eq!(loc.country_str(), Some("JP"));
+        assert!(db.locate("127.0.0.1".parse().unwrap()).is_none());
+        assert!(db.locate("10.0.0.1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        let err = GeoDb::from_bytes(b"not a database".to_vec(), "x.mmdb").unwrap_err();
+        assert!(err.to_string().contains("x.mmdb"), "{err}");
+    }
+}

@@ -1,0 +1,136 @@
+//! Header hygiene (RFC 9110 §7.6.1): hop-by-hop removal and forwarding headers.
+
+use std::net::IpAddr;
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_GEOLB_REGION: HeaderName = HeaderName::from_static("x-geolb-region");
+pub static X_GEOLB_COUNTRY: HeaderName = HeaderName::from_static("x-geolb-client-country");
+
+/// Remove hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
+/// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, and `Upgrade` unless `keep_upgrade` (then `Connection: upgrade` stays).
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    if h.contains_key(header::CONNECTION) {
+        // Collect the names Connection lists (rare path; tokens are short).
+        let listed: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect();
+        for n in listed {
+            h.remove(n);
+        }
+        h.remove(header::CONNECTION);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::PROXY_AUTHENTICATE);
+    h.remove(header::PROXY_AUTHORIZATION);
+    h.remove(header::TE);
+    h.remove(header::TRAILER);
+    h.remove(header::TRANSFER_ENCODING);
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+/// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`)?
+pub fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        })
+}
+
+/// Append `peer` to `X-Forwarded-For` (one combined line), as nginx
+/// `$proxy_add_x_forwarded_for` does.
+pub fn append_xff(h: &mut HeaderMap, peer: IpAddr) {
+    let mut buf = BytesMut::with_capacity(64);
+    let mut first = true;
+    for v in h.get_all(&X_FORWARDED_FOR) {
+        if !first {
+            buf.put_slice(b", ");
+        }
+        buf.put_slice(v.as_bytes());
+        first = false;
+    }
+    if !first {
+        buf.put_slice(b", ");
+    }
+    use std::fmt::Write;
+    let _ = write!(IoFmt(&mut buf), "{peer}");
+    if let Ok(v) = HeaderValue::from_maybe_shared(buf.freeze()) {
+        h.insert(&X_FORWARDED_FOR, v);
+    }
+}
+
+struct IoFmt<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for IoFmt<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.put_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Drop client-supplied `X-Geolb-*` headers so a client cannot forge geolb's decisions.
+pub fn strip_geolb(h: &mut HeaderMap) {
+    h.remove(&X_GEOLB_REGION);
+    h.remove(&X_GEOLB_COUNTRY);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("proxy-authorization", HeaderValue::from_static("x"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn upgrade_is_kept_when_tunnelling() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn xff_appends_across_lines() {
+        let mut h = HeaderMap::new();
+        append_xff(&mut h, "192.0.2.1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        append_xff(&mut h, "2001:db8::1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.0.0.1, 2001:db8::1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+}

@@ -1,0 +1,151 @@
+//! Every metric name, the Prometheus recorder, and handles pre-bound at compile time.
+//!
+//! Labels come from bounded sets only: route, region, backend, service, status class, result.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Histogram, SharedString, counter, describe_counter, describe_gauge, describe_histogram, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS_TOTAL: &str = "geolb_requests_total";
+pub const REQUEST_DURATION: &str = "geolb_request_duration_seconds";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "geolb_upstream_errors_total";
+pub const RETRIES_TOTAL: &str = "geolb_retries_total";
+pub const SPILLOVER_TOTAL: &str = "geolb_spillover_requests_total";
+pub const BACKEND_UP: &str = "geolb_backend_up";
+pub const BACKEND_EJECTED: &str = "geolb_backend_ejected";
+pub const BACKEND_INFLIGHT: &str = "geolb_backend_inflight_requests";
+pub const REGION_HEALTH: &str = "geolb_region_health_ratio";
+pub const GEO_LOOKUPS_TOTAL: &str = "geolb_geo_lookups_total";
+pub const TLS_HANDSHAKES_TOTAL: &str = "geolb_tls_handshakes_total";
+pub const CONNECTIONS_ACTIVE: &str = "geolb_connections_active";
+pub const CONNECTIONS_TOTAL: &str = "geolb_connections_total";
+pub const CONFIG_GENERATION: &str = "geolb_config_generation";
+pub const CONFIG_RELOADS_TOTAL: &str = "geolb_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "geolb_config_last_reload_success_timestamp_seconds";
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "geolb_access_log_dropped_total";
+
+/// Default latency buckets, seconds: 1 ms … 10 s.
+pub const DEFAULT_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the process-wide recorder once (later calls return the same handle).
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(DEFAULT_BUCKETS)
+            .expect("static buckets are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        describe_all();
+        handle
+    })
+}
+
+fn describe_all() {
+    describe_counter!(REQUESTS_TOTAL, "Requests answered, by route, serving region and status class.");
+    describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "Time to response headers, by route and region.");
+    describe_counter!(UPSTREAM_ERRORS_TOTAL, "Upstream attempt failures, by service, backend and kind.");
+    describe_counter!(RETRIES_TOTAL, "Retried attempts, by service.");
+    describe_counter!(SPILLOVER_TOTAL, "Requests served outside the client's nearest region, by route, from and to region.");
+    describe_gauge!(BACKEND_UP, "1 when the backend may receive traffic (healthy and not ejected).");
+    describe_gauge!(BACKEND_EJECTED, "1 while passive detection has ejected the backend.");
+    describe_gauge!(BACKEND_INFLIGHT, "Requests in flight to the backend.");
+    describe_gauge!(REGION_HEALTH, "Healthy share of a service's weight in a region (0..1).");
+    describe_counter!(GEO_LOOKUPS_TOTAL, "Client location lookups, by result (city, country, unknown).");
+    describe_counter!(TLS_HANDSHAKES_TOTAL, "TLS handshakes, by result and protocol version.");
+    describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections, by listener.");
+    describe_counter!(CONNECTIONS_TOTAL, "Accepted client connections, by listener.");
+    describe_gauge!(CONFIG_GENERATION, "Generation of the configuration being served.");
+    describe_counter!(CONFIG_RELOADS_TOTAL, "Configuration reload attempts, by result.");
+    describe_gauge!(CONFIG_LAST_RELOAD_SUCCESS, "Unix time of the last successful configuration load.");
+    describe_counter!(ACCESS_LOG_DROPPED_TOTAL, "Access log lines dropped because the writer fell behind.");
+}
+
+/// Status classes in label order.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index of a status in `CLASSES`.
+pub fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+/// Handles for one route and one serving region ("none" when no backend answered).
+#[derive(Debug, Clone)]
+pub struct RouteRegionMetrics {
+    pub requests: [Counter; 5],
+    pub duration: Histogram,
+}
+
+impl RouteRegionMetrics {
+    pub fn new(route: &SharedString, region: &SharedString) -> Self {
+        let requests = CLASSES.map(|c| {
+            counter!(REQUESTS_TOTAL, "route" => route.clone(), "region" => region.clone(), "class" => c)
+        });
+        let duration = histogram!(REQUEST_DURATION, "route" => route.clone(), "region" => region.clone());
+        RouteRegionMetrics { requests, duration }
+    }
+}
+
+/// Geo lookup counters by result.
+#[derive(Debug, Clone)]
+pub struct GeoMetrics {
+    pub city: Counter,
+    pub country: Counter,
+    pub unknown: Counter,
+}
+
+impl GeoMetrics {
+    pub fn new() -> Self {
+        GeoMetrics {
+            city: counter!(GEO_LOOKUPS_TOTAL, "result" => "city"),
+            country: counter!(GEO_LOOKUPS_TOTAL, "result" => "country"),
+            unknown: counter!(GEO_LOOKUPS_TOTAL, "result" => "unknown"),
+        }
+    }
+}
+
+impl Default for GeoMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Count a retry for a service (retry path only).
+pub fn retries(svc: &crate::routing::Service) -> Counter {
+    counter!(RETRIES_TOTAL, "service" => SharedString::from_shared(svc.name.clone()))
+}
+
+/// Count a request served outside the nearest region (spill path only).
+pub fn spillover(
+    route: &crate::routing::Route,
+    regions: &[crate::routing::Region],
+    svc: &crate::routing::Service,
+    from_sr: usize,
+    to_sr: usize,
+) {
+    let from = SharedString::from_shared(regions[svc.regions[from_sr].region].name.clone());
+    let to = SharedString::from_shared(regions[svc.regions[to_sr].region].name.clone());
+    counter!(SPILLOVER_TOTAL, "route" => SharedString::from_shared(route.name.clone()), "from" => from, "to" => to)
+        .increment(1);
+}
+
+/// Count a failed upstream attempt (error path only).
+pub fn upstream_error(
+    svc: &crate::routing::Service,
+    backend: &crate::routing::Backend,
+    kind: crate::error::ProxyError,
+) {
+    counter!(
+        UPSTREAM_ERRORS_TOTAL,
+        "service" => SharedString::from_shared(svc.name.clone()),
+        "backend" => SharedString::from_shared(backend.name.clone()),
+        "kind" => kind.code()
+    )
+    .increment(1);
+}

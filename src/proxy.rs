@@ -1,0 +1,417 @@
+//! The one `async fn` per request: client IP → geo → route → select → upstream, with bounded
+//! failover, header hygiene and passive health feedback.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body, Incoming};
+
+use crate::access_log::{Attempt, LogRecord};
+use crate::app::{Shared, Snapshot};
+use crate::body::{BodySlot, InflightGuard, ReqBody, RespBody, buffer_small};
+use crate::client_ip;
+use crate::error::ProxyError;
+use crate::headers::{self, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_GEOLB_COUNTRY, X_GEOLB_REGION};
+use crate::health::now_ms;
+use crate::routing::{HashKey, MAX_ATTEMPTS, Service};
+use crate::select::{self, NoPick};
+use crate::tls::CertSet;
+use crate::upstream;
+
+/// Facts about the client connection a request arrived on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// TCP peer.
+    pub peer: SocketAddr,
+    /// The PROXY-protocol source when present, else the peer's address.
+    pub source: IpAddr,
+    pub tls: Option<TlsConnInfo>,
+}
+
+#[derive(Debug)]
+pub struct TlsConnInfo {
+    pub certs: Arc<CertSet>,
+    /// Which certificate this connection was served.
+    pub cert_idx: usize,
+    pub version: &'static str,
+    pub alpn: &'static str,
+}
+
+static VIA_11: HeaderValue = HeaderValue::from_static("1.1 geolb");
+static VIA_2: HeaderValue = HeaderValue::from_static("2 geolb");
+static VIA_10: HeaderValue = HeaderValue::from_static("1.0 geolb");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// Serve one request. Never fails: errors become small geolb responses.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+) -> Result<Response<RespBody>, std::convert::Infallible> {
+    let started = Instant::now();
+    let snap = shared.snapshot.load_full();
+    let mut log = LogRecord::start(&req, &conn);
+    let result = match snap.settings.timeouts.request {
+        Some(limit) => match tokio::time::timeout(limit, route_request(req, &conn, &shared, &snap, &mut log)).await {
+            Ok(r) => r,
+            Err(_) => Err((ProxyError::RequestTimeout, None)),
+        },
+        None => route_request(req, &conn, &shared, &snap, &mut log).await,
+    };
+    let (resp, route, region) = match result {
+        Ok((resp, route, region)) => (resp, Some(route), Some(region)),
+        Err((e, route)) => {
+            log.error = Some(e.code());
+            (e.response(), route, None)
+        }
+    };
+    let status = resp.status().as_u16();
+    if let Some(r) = route.and_then(|i| snap.table.routes.get(i)) {
+        let m = &r.metrics[region.unwrap_or(r.metrics.len() - 1).min(r.metrics.len() - 1)];
+        m.requests[crate::metrics::class_index(status)].increment(1);
+        m.duration.record(started.elapsed().as_secs_f64());
+    }
+    log.status = status;
+    log.duration = started.elapsed();
+    shared.access_log.send(&snap, log);
+    Ok(resp)
+}
+
+type Routed = Result<(Response<RespBody>, usize, usize), (ProxyError, Option<usize>)>;
+
+/// How the request body can be sent (again).
+enum BodyPlan {
+    Empty,
+    Buffered(Bytes),
+    Stream(Arc<BodySlot>),
+}
+
+async fn route_request(
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    shared: &Shared,
+    snap: &Snapshot,
+    log: &mut LogRecord,
+) -> Routed {
+    let settings = &snap.settings;
+    // Host: the URI authority (h2 :authority or absolute-form) wins over Host (RFC 9112 §3.2.2).
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_hdr = hosts.next();
+    if hosts.next().is_some() {
+        return Err((ProxyError::BadRequest("more than one Host header"), None));
+    }
+    let raw_host = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => match host_hdr.map(|h| h.to_str()) {
+            Some(Ok(h)) => h,
+            Some(Err(_)) => return Err((ProxyError::BadRequest("invalid Host header"), None)),
+            None if req.version() == Version::HTTP_10 => "",
+            None => return Err((ProxyError::BadRequest("missing Host header"), None)),
+        },
+    };
+    let mut buf = [0u8; 256];
+    let Some(host) = normalize_host(raw_host, &mut buf) else {
+        return Err((ProxyError::BadRequest("invalid host"), None));
+    };
+    let orig_host = match host_hdr {
+        Some(h) if req.uri().authority().is_none() => Some(h.clone()),
+        _ => HeaderValue::from_str(raw_host).ok(),
+    };
+    log.set_host(host);
+    if let Some(tls) = &conn.tls {
+        if !host.is_empty() && !tls.certs.covers(tls.cert_idx, host) {
+            return Err((ProxyError::Misdirected, None));
+        }
+    }
+    let Some(route_idx) = snap.table.match_route_idx(host, req.uri().path()) else {
+        return Err((ProxyError::NoRoute, None));
+    };
+    let route = &snap.table.routes[route_idx];
+    let svc = &route.service;
+    log.route = Some(route.name.clone());
+    let err = |e: ProxyError| (e, Some(route_idx));
+
+    // Where is the client?
+    let ip = client_ip::resolve(conn.source, req.headers(), &settings.trusted, &settings.ip_header);
+    log.client_ip = ip;
+    let loc = snap.geo.locate(ip);
+    match &loc {
+        Some(l) if l.source == crate::geo::LocSource::Record => shared.geo_metrics.city.increment(1),
+        Some(_) => shared.geo_metrics.country.increment(1),
+        None => shared.geo_metrics.unknown.increment(1),
+    }
+    let country = loc.as_ref().and_then(|l| l.country_str());
+    log.country = country;
+    let order = select::order_regions(route, &snap.table.regions, ip, loc.as_ref());
+    let hash = match &svc.hash_key {
+        HashKey::ClientIp => select::hash_ip(ip),
+        HashKey::Header(h) => req.headers().get(h).map_or(0, |v| select::hash_bytes(v.as_bytes())),
+        HashKey::Cookie(name) => cookie(req.headers(), name).map_or(0, select::hash_bytes),
+    };
+
+    // Body limits and replay plan.
+    let content_length = req.body().size_hint().exact();
+    if let (Some(limit), Some(len)) = (settings.limits.max_body_bytes, req.body().size_hint().exact()) {
+        if len > limit {
+            return Err(err(ProxyError::BodyTooLarge));
+        }
+    }
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let idempotent = is_idempotent(&parts.method);
+    let plan = if body.is_end_stream() {
+        BodyPlan::Empty
+    } else if idempotent
+        && svc.retry.attempts > 1
+        && content_length.is_some_and(|l| l <= svc.retry.buffer_bytes)
+    {
+        match buffer_small(body, svc.retry.buffer_bytes).await {
+            Ok(b) => BodyPlan::Buffered(b),
+            Err(_) => return Err(err(ProxyError::ClientBody)),
+        }
+    } else {
+        BodyPlan::Stream(BodySlot::new(body))
+    };
+
+    // Request headers, shared by every attempt.
+    let version = parts.version;
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::strip_geolb(&mut parts.headers);
+    headers::append_xff(&mut parts.headers, conn.source.to_canonical());
+    let h = &mut parts.headers;
+    h.insert(&X_FORWARDED_PROTO, if conn.tls.is_some() { HTTPS.clone() } else { HTTP.clone() });
+    if let Some(v) = &orig_host {
+        h.insert(&X_FORWARDED_HOST, v.clone());
+    }
+    h.append(header::VIA, match version {
+        Version::HTTP_2 => VIA_2.clone(),
+        Version::HTTP_10 => VIA_10.clone(),
+        _ => VIA_11.clone(),
+    });
+    if let Some(c) = country {
+        h.insert(&X_GEOLB_COUNTRY, HeaderValue::from_static(c));
+    }
+    if settings.preserve_host {
+        if let Some(v) = orig_host {
+            h.insert(header::HOST, v);
+        }
+    }
+    let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+
+    // Attempts.
+    let mut tried = [usize::MAX; MAX_ATTEMPTS];
+    let mut last_err = ProxyError::NoHealthyBackend;
+    for attempt in 0..svc.retry.attempts {
+        let pick = match select::pick(svc, &order, now_ms(), hash, &tried[..attempt]) {
+            Ok(p) => p,
+            Err(NoPick::NoHealthy) if attempt == 0 => return Err(err(ProxyError::NoHealthyBackend)),
+            Err(_) => break,
+        };
+        if attempt > 0 {
+            let active = svc.active.load(Relaxed);
+            let allowed = (f64::from(active) * svc.retry.budget) as u32;
+            if svc.retries_active.load(Relaxed) >= allowed.max(svc.retry.min_retries) {
+                last_err = ProxyError::RetryBudget;
+                break;
+            }
+            crate::metrics::retries(svc).increment(1);
+        }
+        tried[attempt] = pick.backend;
+        let backend = &svc.backends[pick.backend];
+        let sr = backend.region;
+        let region = &snap.table.regions[svc.regions[sr].region];
+        let body = match &plan {
+            BodyPlan::Empty => ReqBody::Empty,
+            BodyPlan::Buffered(b) => ReqBody::Full(Some(b.clone())),
+            BodyPlan::Stream(slot) if slot.started() => break,
+            BodyPlan::Stream(slot) => ReqBody::stream(slot.clone(), settings.limits.max_body_bytes),
+        };
+        let uri = Uri::builder()
+            .scheme(backend.scheme.clone())
+            .authority(backend.authority.clone())
+            .path_and_query(path_and_query.clone())
+            .build();
+        let Ok(uri) = uri else { return Err(err(ProxyError::BadRequest("invalid request target"))) };
+        let mut up = Request::new(body);
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = parts.headers.clone();
+        up.headers_mut().insert(&X_GEOLB_REGION, region.header.clone());
+        if !settings.preserve_host || !up.headers().contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
+                up.headers_mut().insert(header::HOST, v);
+            }
+        }
+        let guard = InflightGuard::new(backend.health.clone(), svc.clone());
+        if attempt > 0 {
+            svc.retries_active.fetch_add(1, Relaxed);
+        }
+        let sent = tokio::time::timeout(settings.timeouts.upstream_response_header, svc.client.request(up)).await;
+        if attempt > 0 {
+            svc.retries_active.fetch_sub(1, Relaxed);
+        }
+        let replayable = match &plan {
+            BodyPlan::Stream(slot) => !slot.started(),
+            _ => true,
+        };
+        let outcome = match sent {
+            Ok(Ok(mut resp)) => {
+                let status = resp.status();
+                let retry_status = idempotent
+                    && replayable
+                    && attempt + 1 < svc.retry.attempts
+                    && svc.retry.on_status.contains(&status.as_u16());
+                if status.is_server_error() && svc.passive.on_5xx {
+                    passive_failure(svc, pick.backend);
+                } else {
+                    backend.health.observe_success();
+                }
+                log.attempts.push(Attempt { backend: backend.name.clone(), region: region.name.clone(), outcome: status.as_u16(), error: None });
+                if retry_status {
+                    last_err = ProxyError::UpstreamReset;
+                    continue;
+                }
+                if pick.position > 0 {
+                    crate::metrics::spillover(route, &snap.table.regions, svc, order.idx[0], sr);
+                }
+                svc.regions[sr].served.fetch_add(1, Relaxed);
+                log.region = Some(region.name.clone());
+                log.backend = Some(backend.name.clone());
+                let mut out_resp = finish_response(&mut resp, settings.response_region, &region.header);
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client) = client_upgrade {
+                        let upstream_up = hyper::upgrade::on(&mut resp);
+                        shared.spawn_tunnel(client, upstream_up);
+                    }
+                }
+                *out_resp.body_mut() = RespBody::Upstream { inner: resp.into_body(), guard: Some(guard) };
+                return Ok((out_resp, route_idx, sr));
+            }
+            Ok(Err(e)) => upstream::classify(&e),
+            Err(_) => ProxyError::UpstreamTimeout,
+        };
+        drop(guard);
+        log.attempts.push(Attempt { backend: backend.name.clone(), region: region.name.clone(), outcome: 0, error: Some(outcome.code()) });
+        crate::metrics::upstream_error(svc, backend, outcome);
+        if outcome == ProxyError::BodyTooLarge {
+            return Err(err(outcome));
+        }
+        if matches!(&plan, BodyPlan::Stream(slot) if slot.over_limit()) {
+            return Err(err(ProxyError::BodyTooLarge));
+        }
+        passive_failure(svc, pick.backend);
+        last_err = outcome;
+        let may_retry = match outcome {
+            ProxyError::UpstreamConnect | ProxyError::UpstreamConnectTimeout => {
+                svc.retry.on_connect && replayable
+            }
+            ProxyError::UpstreamTimeout => svc.retry.on_timeout && idempotent && replayable,
+            _ => svc.retry.on_reset && idempotent && replayable,
+        };
+        if !may_retry {
+            break;
+        }
+    }
+    Err(err(last_err))
+}
+
+/// Record a passive failure, respecting the region's ejection cap.
+fn passive_failure(svc: &Service, b: usize) {
+    let backend = &svc.backends[b];
+    let region = &svc.regions[backend.region];
+    let now = now_ms();
+    let ejected = region.backends.iter().filter(|&&i| svc.backends[i].health.is_ejected(now)).count();
+    let cap = (region.backends.len() * svc.passive.max_ejection_percent as usize) / 100;
+    if backend.health.observe_failure(&svc.passive, ejected < cap) {
+        tracing::warn!(service = %svc.name, backend = %backend.name, "backend ejected by passive detection");
+    }
+}
+
+/// Copy the upstream response head, minus hop-by-hop headers (kept for 101).
+fn finish_response(resp: &mut Response<Incoming>, add_region: bool, region: &HeaderValue) -> Response<RespBody> {
+    let mut out = Response::new(RespBody::empty());
+    *out.status_mut() = resp.status();
+    *out.version_mut() = Version::HTTP_11;
+    let mut h = std::mem::take(resp.headers_mut());
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        headers::strip_hop_by_hop(&mut h, false);
+    }
+    if add_region {
+        h.insert(&X_GEOLB_REGION, region.clone());
+    }
+    *out.headers_mut() = h;
+    out
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// Lowercase, strip the port and a trailing dot, into `buf`. `None` when invalid.
+pub fn normalize_host<'b>(raw: &str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
+    let raw = raw.trim();
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        &rest[..rest.find(']')?]
+    } else {
+        match raw.rfind(':') {
+            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
+            _ => raw,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.len() > buf.len() {
+        return None;
+    }
+    for (i, b) in host.bytes().enumerate() {
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':')) {
+            return None;
+        }
+        buf[i] = b.to_ascii_lowercase();
+    }
+    std::str::from_utf8(&buf[..host.len()]).ok()
+}
+
+/// The value of cookie `name`, without allocating.
+fn cookie<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    h.get_all(header::COOKIE).iter().find_map(|v| {
+        v.to_str().ok()?.split(';').find_map(|kv| {
+            let (k, val) = kv.trim().split_once('=')?;
+            (k == name).then_some(val.as_bytes())
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_normalisation() {
+        let mut b = [0u8; 256];
+        assert_eq!(normalize_host("Example.COM:8443", &mut b), Some("example.com"));
+        let mut b = [0u8; 256];
+        assert_eq!(normalize_host("[2001:DB8::1]:443", &mut b), Some("2001:db8::1"));
+        let mut b = [0u8; 256];
+        assert_eq!(normalize_host("a.b.", &mut b), Some("a.b"));
+        let mut b = [0u8; 256];
+        assert_eq!(normalize_host("bad host", &mut b), None);
+        let mut b = [0u8; 256];
+        assert_eq!(normalize_host("x/y", &mut b), None);
+    }
+
+    #[test]
+    fn cookie_lookup() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; sid=xyz; b=2"));
+        assert_eq!(cookie(&h, "sid"), Some(&b"xyz"[..]));
+        assert_eq!(cookie(&h, "zz"), None);
+    }
+}

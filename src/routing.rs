@@ -1,0 +1,339 @@
+//! The compiled, immutable routing table: hosts and path prefixes → routes → services →
+//! regions → backends. Built only by `config::compile`; read lock-free per request.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, StatusCode};
+use ipnet::IpNet;
+
+use crate::client_ip::{IpHeader, TrustedNets};
+use crate::config::file::{AccessLogFormat, HttpMode, LbPolicy};
+use crate::health::{BackendHealth, PassivePolicy};
+use crate::upstream::UpstreamClient;
+
+/// Most regions one service may span (selection works on fixed-size stack arrays).
+pub const MAX_REGIONS: usize = 16;
+/// Most attempts for one request.
+pub const MAX_ATTEMPTS: usize = 8;
+
+/// A region: a named place with coordinates.
+#[derive(Debug)]
+pub struct Region {
+    pub name: Arc<str>,
+    /// Degrees.
+    pub lat: f64,
+    pub lon: f64,
+    /// Route 53 bias in percent (-99..=99): distance is scaled by `1 - bias/100`.
+    pub bias: i32,
+    /// `name` as a header value, built once.
+    pub header: HeaderValue,
+}
+
+/// One backend server of a service.
+#[derive(Debug)]
+pub struct Backend {
+    /// Identity and metric label: the address or URL as configured.
+    pub name: Arc<str>,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub weight: u32,
+    /// Index into `Service::regions`.
+    pub region: usize,
+    pub health: Arc<BackendHealth>,
+}
+
+/// Backends of one service in one region.
+#[derive(Debug)]
+pub struct ServiceRegion {
+    /// Index into `RoutingTable::regions`.
+    pub region: usize,
+    /// Indices into `Service::backends`.
+    pub backends: Box<[usize]>,
+    pub total_weight: u64,
+    /// Weighted, interleaved round-robin schedule of indices into `Service::backends`.
+    pub rr_table: Box<[usize]>,
+    pub rr_next: AtomicUsize,
+    /// Consistent-hash ring: (point, index into `Service::backends`), sorted by point.
+    pub ring: Box<[(u64, usize)]>,
+    /// Requests this region answered since the configuration was loaded.
+    pub served: std::sync::atomic::AtomicU64,
+}
+
+/// Where the hash for `lb = "hash"` comes from.
+#[derive(Debug, Clone)]
+pub enum HashKey {
+    ClientIp,
+    Header(HeaderName),
+    Cookie(Box<str>),
+}
+
+/// What happens when too little is healthy anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicMode {
+    /// Spread over all backends, nearest region first, ignoring health.
+    FailOpen,
+    /// Answer 503.
+    FailClosed,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SpillPolicy {
+    /// Envoy-style overprovisioning factor (≥ 1).
+    pub overprovisioning: f64,
+    /// Healthy fraction of the whole service under which it panics.
+    pub panic_threshold: f64,
+    pub panic: PanicMode,
+    /// A recovered backend takes traffic only after this long healthy.
+    pub failback_delay_ms: u64,
+    /// …then ramps its weight up linearly over this window.
+    pub slow_start_ms: u64,
+}
+
+/// Which failures a retry may hide.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Total attempts including the first (1..=MAX_ATTEMPTS).
+    pub attempts: usize,
+    pub on_connect: bool,
+    pub on_reset: bool,
+    pub on_timeout: bool,
+    pub on_status: Box<[u16]>,
+    /// Concurrent retries allowed as a fraction of active requests …
+    pub budget: f64,
+    /// … but at least this many.
+    pub min_retries: u32,
+    /// Request bodies up to this size are buffered so they can be replayed.
+    pub buffer_bytes: u64,
+}
+
+/// Active health-check specification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckSpec {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub unhealthy_interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    Tcp,
+    Http {
+        method: http::Method,
+        path: String,
+        host: Option<String>,
+        /// Inclusive status ranges counted healthy.
+        expect: Vec<(u16, u16)>,
+    },
+}
+
+/// A service: the backends a route sends to, grouped by region.
+#[derive(Debug)]
+pub struct Service {
+    pub name: Arc<str>,
+    pub lb: LbPolicy,
+    pub hash_key: HashKey,
+    pub backends: Box<[Backend]>,
+    pub regions: Box<[ServiceRegion]>,
+    pub client: UpstreamClient,
+    pub passive: PassivePolicy,
+    pub spill: SpillPolicy,
+    pub retry: RetryPolicy,
+    pub check: Option<CheckSpec>,
+    /// Requests in flight (retry budget).
+    pub active: AtomicU32,
+    /// Retries in flight (retry budget).
+    pub retries_active: AtomicU32,
+}
+
+/// A country / continent / CIDR rule that fixes the region order.
+#[derive(Debug)]
+pub struct Override {
+    pub countries: Box<[[u8; 2]]>,
+    pub continents: Box<[[u8; 2]]>,
+    pub cidrs: Box<[IpNet]>,
+    /// Indices into `Service::regions`, in preference order.
+    pub order: Box<[usize]>,
+}
+
+impl Override {
+    pub fn matches(&self, ip: IpAddr, country: Option<[u8; 2]>, continent: Option<[u8; 2]>) -> bool {
+        country.is_some_and(|c| self.countries.contains(&c))
+            || continent.is_some_and(|c| self.continents.contains(&c))
+            || self.cidrs.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// A route: host + path prefix → service, with its region preferences.
+#[derive(Debug)]
+pub struct Route {
+    /// Metric label and log name: `host-pattern + prefix`, e.g. `shop.example.com/api`.
+    pub name: Arc<str>,
+    pub service: Arc<Service>,
+    /// Region order (indices into `Service::regions`) when the client's location is unknown.
+    pub default_order: Box<[usize]>,
+    pub overrides: Box<[Override]>,
+    /// Per service region (same index), then one extra for "none" (answered by geolb).
+    pub metrics: Box<[crate::metrics::RouteRegionMetrics]>,
+}
+
+/// (path prefix, index into `RoutingTable::routes`), longest prefix first.
+type PrefixList = Box<[(Box<str>, usize)]>;
+
+/// All routes. Host lookup is exact, then the longest `*.suffix`, then the catch-all.
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    pub exact: HashMap<Box<str>, PrefixList>,
+    /// Keyed by the suffix with its leading dot, e.g. `.example.com`.
+    pub wildcard: HashMap<Box<str>, PrefixList>,
+    pub any: PrefixList,
+    pub routes: Box<[Route]>,
+    pub regions: Box<[Region]>,
+    pub services: Box<[Arc<Service>]>,
+}
+
+impl RoutingTable {
+    /// The route for `host` (lowercase, no port) and `path`.
+    pub fn match_route(&self, host: &str, path: &str) -> Option<&Route> {
+        self.routes.get(self.match_route_idx(host, path)?)
+    }
+
+    /// As [`RoutingTable::match_route`], returning the index into `routes`.
+    pub fn match_route_idx(&self, host: &str, path: &str) -> Option<usize> {
+        let list = self.host_routes(host)?;
+        list.iter().find(|(prefix, _)| path.starts_with(&**prefix)).map(|(_, i)| *i)
+    }
+
+    fn host_routes(&self, host: &str) -> Option<&PrefixList> {
+        if let Some(l) = self.exact.get(host) {
+            return Some(l);
+        }
+        if !self.wildcard.is_empty() {
+            let mut rest = host;
+            while let Some(dot) = rest.find('.') {
+                let suffix = &rest[dot..];
+                if let Some(l) = self.wildcard.get(suffix) {
+                    return Some(l);
+                }
+                rest = &suffix[1..];
+            }
+        }
+        (!self.any.is_empty()).then_some(&self.any)
+    }
+}
+
+/// Listener and per-request settings that are not routes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub https: Option<SocketAddr>,
+    pub http: Option<(SocketAddr, HttpMode)>,
+    pub admin: Option<SocketAddr>,
+    pub admin_token: Option<Arc<str>>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub trusted: TrustedNets,
+    pub ip_header: IpHeader,
+    pub proxy_protocol: bool,
+    pub access_log: AccessLogSettings,
+    pub response_region: bool,
+    pub preserve_host: bool,
+    pub certificates: Vec<CertSpec>,
+    pub geo_database: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub tls_handshake: Duration,
+    pub request_header: Duration,
+    pub keepalive_idle: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_response_header: Duration,
+    pub upstream_idle: Duration,
+    /// Whole request, headers to last byte; `None` = unlimited.
+    pub request: Option<Duration>,
+    pub shutdown_drain: Duration,
+    pub proxy_protocol: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// `None` = unlimited.
+    pub max_body_bytes: Option<u64>,
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_resets: usize,
+    pub h2_max_local_error_resets: usize,
+    pub max_idle_upstream_per_host: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSettings {
+    pub enabled: bool,
+    pub format: AccessLogFormat,
+    pub path: Option<PathBuf>,
+}
+
+/// A certificate to load: names it answers for, PEM paths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertSpec {
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub default: bool,
+}
+
+/// The status codes geolb itself produces, for the single error→status mapping.
+pub fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(entries: &[(&str, &[(&str, usize)])]) -> RoutingTable {
+        let mut t = RoutingTable::default();
+        for (host, list) in entries {
+            let l: PrefixList = list.iter().map(|(p, i)| (Box::from(*p), *i)).collect();
+            if *host == "*" {
+                t.any = l;
+            } else if let Some(s) = host.strip_prefix('*') {
+                t.wildcard.insert(s.into(), l);
+            } else {
+                t.exact.insert((*host).into(), l);
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn host_precedence_and_longest_suffix() {
+        let t = table(&[
+            ("a.example.com", &[("/", 0)]),
+            ("*.example.com", &[("/", 1)]),
+            ("*.eu.example.com", &[("/", 2)]),
+            ("*", &[("/", 3)]),
+        ]);
+        assert_eq!(t.host_routes("a.example.com").unwrap()[0].1, 0);
+        assert_eq!(t.host_routes("b.example.com").unwrap()[0].1, 1);
+        assert_eq!(t.host_routes("x.y.eu.example.com").unwrap()[0].1, 2);
+        assert_eq!(t.host_routes("example.com").unwrap()[0].1, 3);
+        assert_eq!(t.host_routes("other.org").unwrap()[0].1, 3);
+    }
+}

@@ -1,0 +1,259 @@
+//! Accept loops for the public listeners: connection limit, EMFILE backoff, PROXY protocol,
+//! TLS with a handshake timeout, hyper-util's auto (HTTP/1.1 + h2) builder with header-read
+//! timer and h2 flood limits, and graceful drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::app::{Shared, Snapshot};
+use crate::body::RespBody;
+use crate::config::file::HttpMode;
+use crate::metrics::{CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, TLS_HANDSHAKES_TOTAL};
+use crate::proxy::{self, ConnInfo, TlsConnInfo};
+
+/// Which public listener a socket belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Https,
+    Http(HttpMode),
+}
+
+impl ListenerKind {
+    fn label(self) -> &'static str {
+        match self {
+            ListenerKind::Https => "https",
+            ListenerKind::Http(_) => "http",
+        }
+    }
+}
+
+/// Bind with SO_REUSEADDR, a deep backlog and (on the socket) TCP_NODELAY for accepted conns.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        let _ = s.set_only_v6(false);
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Accept until `shared.drain` fires.
+pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Shared>) {
+    let max = shared.snapshot.load().settings.limits.max_connections;
+    let permits = Arc::new(Semaphore::new(max));
+    let label = kind.label();
+    let active = metrics::gauge!(CONNECTIONS_ACTIVE, "listener" => label);
+    let total = metrics::counter!(CONNECTIONS_TOTAL, "listener" => label);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shared.drain.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shared.drain.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, listener = label, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        total.increment(1);
+        active.increment(1.0);
+        let shared2 = shared.clone();
+        let active2 = active.clone();
+        shared.tasks.spawn(async move {
+            serve_conn(stream, peer, kind, shared2).await;
+            active2.decrement(1.0);
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind, shared: Arc<Shared>) {
+    let snap = shared.snapshot.load_full();
+    let settings = &snap.settings;
+    let mut source = peer.ip().to_canonical();
+    if settings.proxy_protocol {
+        if !settings.trusted.contains(source) {
+            tracing::debug!(%peer, "PROXY header expected from an untrusted peer; closing");
+            return;
+        }
+        let read = crate::proxy_protocol::read_header(&mut stream);
+        match tokio::time::timeout(settings.timeouts.proxy_protocol, read).await {
+            Ok(Ok(Some(addr))) => source = addr.ip().to_canonical(),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "bad PROXY header; closing");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "PROXY header timeout; closing");
+                return;
+            }
+        }
+    }
+    match kind {
+        ListenerKind::Https => {
+            let Some(tls) = snap.tls.clone() else { return };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+            let hs = tokio::time::timeout(settings.timeouts.tls_handshake, acceptor.accept(stream)).await;
+            let tls_stream = match hs {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "error", "version" => "none").increment(1);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "timeout", "version" => "none").increment(1);
+                    return;
+                }
+            };
+            let (_, conn) = tls_stream.get_ref();
+            let version = match conn.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                _ => "other",
+            };
+            let alpn = match conn.alpn_protocol() {
+                Some(b"h2") => "h2",
+                Some(b"http/1.1") => "http/1.1",
+                _ => "none",
+            };
+            metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "ok", "version" => version).increment(1);
+            let sni = conn.server_name().map(str::to_ascii_lowercase);
+            let info = ConnInfo {
+                peer,
+                source,
+                tls: Some(TlsConnInfo {
+                    certs: tls.certs.clone(),
+                    cert_idx: tls.certs.index_for(sni.as_deref()),
+                    version,
+                    alpn,
+                }),
+            };
+            let h2_only = alpn == "h2";
+            serve_http(tls_stream, info, shared, snap, h2_only, None).await;
+        }
+        ListenerKind::Http(mode) => {
+            let info = ConnInfo { peer, source, tls: None };
+            let redirect = (mode == HttpMode::Redirect).then(|| snap.settings.https.map_or(443, |a| a.port()));
+            serve_http(stream, info, shared, snap, false, redirect).await;
+        }
+    }
+}
+
+fn builder(s: &Snapshot, h2_only: bool) -> auto::Builder<TokioExecutor> {
+    let lim = &s.settings.limits;
+    let t = &s.settings.timeouts;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(t.request_header)
+        .max_buf_size(lim.max_header_bytes.max(8192))
+        .max_headers(lim.max_headers)
+        .keep_alive(true)
+        .half_close(false);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(lim.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(lim.h2_max_pending_resets)
+        .max_local_error_reset_streams(lim.h2_max_local_error_resets)
+        .max_header_list_size(lim.max_header_bytes as u32)
+        .max_send_buf_size(256 * 1024)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if h2_only {
+        b = b.http2_only();
+    }
+    b
+}
+
+async fn serve_http<I>(
+    io: I,
+    info: ConnInfo,
+    shared: Arc<Shared>,
+    snap: Arc<Snapshot>,
+    h2_only: bool,
+    redirect_port: Option<u16>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(info);
+    let b = builder(&snap, h2_only);
+    let shared2 = shared.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let info = info.clone();
+        let shared = shared2.clone();
+        async move {
+            match redirect_port {
+                Some(port) => Ok(redirect(&req, port)),
+                None => proxy::handle(req, info, shared).await,
+            }
+        }
+    });
+    let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let idle = snap.settings.timeouts.keepalive_idle;
+    drop(snap);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = shared.drain.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let deadline = shared.snapshot.load().settings.timeouts.shutdown_drain;
+            let _ = tokio::time::timeout(deadline.max(idle.min(Duration::ZERO)), conn).await;
+        }
+    }
+}
+
+/// 308 to the same path on https.
+fn redirect(req: &Request<Incoming>, port: u16) -> Response<RespBody> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_owned())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| {
+            let mut b = [0u8; 256];
+            proxy::normalize_host(h, &mut b).unwrap_or("").to_owned()
+        }))
+        .unwrap_or_default();
+    if host.is_empty() {
+        return crate::error::ProxyError::BadRequest("missing Host header").response();
+    }
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let location = if port == 443 { format!("https://{host}{pq}") } else { format!("https://{host}:{port}{pq}") };
+    let mut resp = Response::new(RespBody::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut().insert(header::SERVER, HeaderValue::from_static("geolb"));
+    resp
+}

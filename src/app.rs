@@ -69,6 +69,8 @@ pub struct Shared {
     /// Background tasks (checkers, watcher, access log): outlive connection draining.
     pub background: TaskTracker,
     checker: Mutex<Checker>,
+    /// Bound port of the https listener (redirect target); 443 when there is none.
+    pub https_port: std::sync::atomic::AtomicU16,
     generation: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
     embedded_geo: Mutex<Option<Arc<GeoDb>>>,
@@ -243,6 +245,7 @@ impl App {
             tasks: TaskTracker::new(),
             background,
             checker: Mutex::new(Checker::default()),
+            https_port: std::sync::atomic::AtomicU16::new(443),
             generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
             embedded_geo: embedded,
@@ -259,7 +262,9 @@ impl App {
         let bind = |a: SocketAddr| server::bind(a).map_err(|e| StartError::Bind(a, e));
         if let Some(a) = settings.https {
             let l = bind(a)?;
-            running.https = Some(l.local_addr().map_err(|e| StartError::Bind(a, e))?);
+            let bound = l.local_addr().map_err(|e| StartError::Bind(a, e))?;
+            shared.https_port.store(bound.port(), Ordering::Relaxed);
+            running.https = Some(bound);
             shared.background.spawn(server::accept_loop(l, ListenerKind::Https, shared.clone()));
         }
         if let Some((a, mode)) = settings.http {

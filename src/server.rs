@@ -157,7 +157,8 @@ async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind,
         }
         ListenerKind::Http(mode) => {
             let info = ConnInfo { peer, source, tls: None };
-            let redirect = (mode == HttpMode::Redirect).then(|| snap.settings.https.map_or(443, |a| a.port()));
+            let redirect = (mode == HttpMode::Redirect)
+                .then(|| shared.https_port.load(std::sync::atomic::Ordering::Relaxed));
             serve_http(stream, info, shared, snap, false, redirect).await;
         }
     }
@@ -216,7 +217,6 @@ async fn serve_http<I>(
     });
     let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let idle = snap.settings.timeouts.keepalive_idle;
     drop(snap);
     tokio::select! {
         r = conn.as_mut() => {
@@ -227,7 +227,7 @@ async fn serve_http<I>(
         _ = shared.drain.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let deadline = shared.snapshot.load().settings.timeouts.shutdown_drain;
-            let _ = tokio::time::timeout(deadline.max(idle.min(Duration::ZERO)), conn).await;
+            let _ = tokio::time::timeout(deadline, conn).await;
         }
     }
 }

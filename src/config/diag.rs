@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use toml_edit::{Document, Item};
+use toml_edit::{Document, Item, TableLike, Value};
 
 /// One problem found in a configuration file.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,7 +86,13 @@ impl<'a> Locator<'a> {
 
     /// An error from the TOML parser or serde, positioned by its span; the path is inferred.
     pub fn from_toml(&self, err: &toml::de::Error) -> ConfigError {
-        let span = err.span();
+        let mut span = err.span();
+        // serde reports unknown fields at the enclosing table; point at the key itself.
+        if let (Some(r), Some(field)) = (span.clone(), unknown_field_name(err.message())) {
+            if let Some(at) = find_key(self.src, r.start, field) {
+                span = Some(at..at + field.len());
+            }
+        }
         let (line, column) = span.clone().map_or((0, 0), |r| line_col(self.src, r.start));
         let path = span.map(|r| self.path_at(r.start)).unwrap_or_default();
         let mut message = err.message().trim().to_owned();
@@ -127,7 +133,7 @@ impl<'a> Locator<'a> {
     fn path_at(&self, offset: usize) -> String {
         let Some(doc) = self.doc.as_ref() else { return String::new() };
         let mut out = String::new();
-        walk(doc.as_item(), offset, &mut out);
+        walk_table(doc.as_table(), offset, &mut out);
         out
     }
 }
@@ -141,55 +147,80 @@ fn item_span(item: &Item) -> Option<Range<usize>> {
     }
 }
 
-fn walk(item: &Item, offset: usize, out: &mut String) {
-    if let Some(t) = item.as_table_like() {
-        for (k, v) in t.iter() {
-            let key_span = t.get_key_value(k).and_then(|(key, _)| key.span());
-            let inside = item_span(v).is_some_and(|r| r.contains(&offset))
-                || key_span.is_some_and(|r| r.contains(&offset));
-            if inside {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-                walk(v, offset, out);
-                return;
+enum Node<'a> {
+    Table(&'a dyn TableLike),
+    Value(&'a Value),
+}
+
+/// Earliest source position inside a table (implicit tables have no span of their own).
+fn first_start(t: &dyn TableLike) -> Option<usize> {
+    t.iter()
+        .filter_map(|(k, v)| {
+            let key = t.get_key_value(k).and_then(|(key, _)| key.span()).map(|r| r.start);
+            let own = match v {
+                Item::Table(tab) => tab.span().map(|r| r.start).or_else(|| first_start(tab)),
+                Item::ArrayOfTables(a) => a.iter().filter_map(|tab| tab.span().map(|r| r.start)).min(),
+                other => item_span(other).map(|r| r.start),
+            };
+            match (key, own) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             }
+        })
+        .min()
+}
+
+fn walk_table(t: &dyn TableLike, offset: usize, out: &mut String) {
+    // Tables run until the next one starts (no end); values end with their span.
+    let mut best: Option<(usize, String, Node<'_>)> = None;
+    let mut consider = |start: Option<usize>, end: Option<usize>, seg: String, node| {
+        let Some(start) = start else { return };
+        if start <= offset
+            && end.is_none_or(|e| offset < e)
+            && best.as_ref().is_none_or(|b| start >= b.0)
+        {
+            best = Some((start, seg, node));
         }
-    } else if let Some(arr) = item.as_array_of_tables() {
-        for (i, t) in arr.iter().enumerate() {
-            if t.span().is_some_and(|r| r.contains(&offset)) {
-                out.push_str(&format!("[{i}]"));
-                for (k, v) in t.iter() {
-                    let key_span = t.key(k).and_then(|key| key.span());
-                    let inside = item_span(v).is_some_and(|r| r.contains(&offset))
-                        || key_span.is_some_and(|r| r.contains(&offset));
-                    if inside {
-                        out.push('.');
-                        out.push_str(k);
-                        walk(v, offset, out);
-                        return;
-                    }
+    };
+    for (k, v) in t.iter() {
+        let key_start = t.get_key_value(k).and_then(|(key, _)| key.span()).map(|r| r.start);
+        match v {
+            Item::ArrayOfTables(arr) => {
+                for (i, tab) in arr.iter().enumerate() {
+                    consider(tab.span().map(|r| r.start), None, format!("{k}[{i}]"), Node::Table(tab));
                 }
-                return;
             }
+            Item::Table(tab) => {
+                let start = tab.span().map(|r| r.start).or_else(|| first_start(tab)).or(key_start);
+                consider(start, None, k.to_owned(), Node::Table(tab));
+            }
+            Item::Value(val) => {
+                let end = val.span().map(|r| r.end);
+                consider(key_start.or(val.span().map(|r| r.start)), end, k.to_owned(), Node::Value(val));
+            }
+            Item::None => {}
         }
-    } else if let Some(arr) = item.as_array() {
-        for (i, v) in arr.iter().enumerate() {
-            if v.span().is_some_and(|r| r.contains(&offset)) {
+    }
+    if let Some((_, seg, node)) = best {
+        if !out.is_empty() && !seg.starts_with('[') {
+            out.push('.');
+        }
+        out.push_str(&seg);
+        match node {
+            Node::Table(t) => walk_table(t, offset, out),
+            Node::Value(v) => walk_value(v, offset, out),
+        }
+    }
+}
+
+fn walk_value(v: &Value, offset: usize, out: &mut String) {
+    if let Some(t) = v.as_inline_table() {
+        walk_table(t, offset, out);
+    } else if let Some(arr) = v.as_array() {
+        for (i, el) in arr.iter().enumerate() {
+            if el.span().is_some_and(|r| r.contains(&offset)) {
                 out.push_str(&format!("[{i}]"));
-                if let Some(t) = v.as_inline_table() {
-                    for (k, v2) in t.iter() {
-                        let key_span = t.key(k).and_then(|key| key.span());
-                        let inside = v2.span().is_some_and(|r| r.contains(&offset))
-                            || key_span.is_some_and(|r| r.contains(&offset));
-                        if inside {
-                            out.push('.');
-                            out.push_str(k);
-                            return;
-                        }
-                    }
-                }
+                walk_value(el, offset, out);
                 return;
             }
         }
@@ -219,6 +250,27 @@ fn split_path(path: &str) -> Vec<Seg<'_>> {
         }
     }
     out
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown field `")?.split_once('`').map(|(f, _)| f)
+}
+
+/// Offset of `key` used as a key (`key =` after a line start, `{` or `,`) at or after `from`.
+fn find_key(src: &str, from: usize, key: &str) -> Option<usize> {
+    let b = src.as_bytes();
+    let mut i = from.min(src.len());
+    while let Some(pos) = src.get(i..)?.find(key) {
+        let at = i + pos;
+        let before = src[..at].trim_end_matches([' ', '\t']);
+        let ok_before = before.is_empty() || before.ends_with(['\n', '{', ',']);
+        let after = src[at + key.len()..].trim_start_matches([' ', '\t']);
+        if ok_before && after.starts_with('=') && b.get(at + key.len()).is_some() {
+            return Some(at);
+        }
+        i = at + key.len();
+    }
+    None
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`" add the nearest valid key.

@@ -67,7 +67,7 @@ fn json_resp(status: StatusCode, v: &serde_json::Value) -> AdminResp {
     text(status, "application/json", serde_json::to_vec_pretty(v).unwrap_or_default())
 }
 
-fn query<'a>(q: &'a str, key: &str) -> Option<String> {
+fn query(q: &str, key: &str) -> Option<String> {
     q.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then(|| percent_decode(v))
@@ -80,7 +80,7 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'%' if i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 => {
+            b'%' if i + 2 < b.len() => {
                 match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
                     Ok(v) => {
                         out.push(v);

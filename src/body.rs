@@ -114,7 +114,7 @@ impl Body for ReqBody {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ReqBody::Stream { inner: Some(b), .. } => b.size_hint(),
-            ReqBody::Stream { slot, .. } => slot.hint.clone(),
+            ReqBody::Stream { slot, .. } => slot.hint,
         }
     }
 }

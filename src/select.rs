@@ -165,11 +165,10 @@ pub fn region_health(svc: &Service, sr: usize, now: u64) -> f64 {
 pub fn shares(svc: &Service, order: &RegionOrder, now: u64) -> ([f64; MAX_REGIONS], bool) {
     let mut health = [0.0; MAX_REGIONS];
     let (mut eff_total, mut weight_total) = (0.0, 0.0);
-    for p in 0..order.len {
-        let sr = order.idx[p];
-        health[p] = region_health(svc, sr, now);
+    for (h, &sr) in health.iter_mut().zip(order.as_slice()) {
+        *h = region_health(svc, sr, now);
         let w = svc.regions[sr].total_weight as f64;
-        eff_total += health[p] * w;
+        eff_total += *h * w;
         weight_total += w;
     }
     let mut out = [0.0; MAX_REGIONS];
@@ -241,15 +240,15 @@ pub fn pick(
         }
         let mut r = rand_f64() * total;
         let mut chosen = None;
-        for p in 0..order.len {
-            if share[p] <= 0.0 {
+        for (p, &s) in share.iter().enumerate().take(order.len) {
+            if s <= 0.0 {
                 continue;
             }
             chosen = Some(p);
-            if r < share[p] {
+            if r < s {
                 break;
             }
-            r -= share[p];
+            r -= s;
         }
         let Some(p) = chosen else { break };
         if let Some(b) = in_region(svc, order.idx[p], now, hash, tried, true) {

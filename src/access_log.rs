@@ -106,7 +106,10 @@ impl LogRecord {
     /// Render one line (without the newline).
     pub fn render(&self, format: AccessLogFormat) -> String {
         let mut s = String::with_capacity(384);
-        let ts = self.time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let ts = self
+            .time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         let path = self.path.as_ref().map_or("/", |p| p.as_str());
         let dur_ms = self.duration.as_secs_f64() * 1000.0;
         match format {

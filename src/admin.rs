@@ -58,13 +58,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> AdminResp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
 fn json_resp(status: StatusCode, v: &serde_json::Value) -> AdminResp {
-    text(status, "application/json", serde_json::to_vec_pretty(v).unwrap_or_default())
+    text(
+        status,
+        "application/json",
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )
 }
 
 fn query(q: &str, key: &str) -> Option<String> {
@@ -81,7 +87,8 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
                     Ok(v) => {
                         out.push(v);
                         i += 3;
@@ -110,8 +117,13 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> AdminResp {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .is_some_and(|t| constant_eq(t.as_bytes(), token.as_bytes()));
             if !ok {
-                let mut r = text(StatusCode::UNAUTHORIZED, "text/plain", "401 Unauthorized (geolb admin)\n");
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    "text/plain",
+                    "401 Unauthorized (geolb admin)\n",
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return r;
             }
         }
@@ -126,7 +138,11 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> AdminResp {
             if ready {
                 text(StatusCode::OK, "text/plain", "ready\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: no region can serve\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: no region can serve\n",
+                )
             }
         }
         (&Method::GET, "/metrics") => {
@@ -137,7 +153,11 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> AdminResp {
         }
         (&Method::GET, "/status") => {
             let mut v = explain::status(&snap);
-            let reload = shared.reload_status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let reload = shared
+                .reload_status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             v["reload"] = json!(reload);
             v["time"] = json!(unix_now());
             let wants_html = req
@@ -146,7 +166,11 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> AdminResp {
                 .and_then(|a| a.to_str().ok())
                 .is_some_and(|a| a.contains("text/html"));
             if wants_html {
-                text(StatusCode::OK, "text/html; charset=utf-8", crate::status_page::render(&v))
+                text(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    crate::status_page::render(&v),
+                )
             } else {
                 json_resp(StatusCode::OK, &v)
             }
@@ -154,20 +178,30 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> AdminResp {
         (&Method::GET, "/explain") => {
             let q = req.uri().query().unwrap_or("");
             let Some(ip) = query(q, "ip").and_then(|s| s.parse::<IpAddr>().ok()) else {
-                return json_resp(StatusCode::BAD_REQUEST, &json!({"error": "missing or invalid ?ip="}));
+                return json_resp(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "missing or invalid ?ip="}),
+                );
             };
             let host = query(q, "host").unwrap_or_default();
             let path = query(q, "path").unwrap_or_else(|| "/".into());
             json_resp(StatusCode::OK, &explain::explain(&snap, ip, &host, &path))
         }
         (&Method::POST, "/reload") => match shared.reload().await {
-            Ok(summary) => json_resp(StatusCode::OK, &json!({"result": "ok", "summary": summary, "generation": shared.snapshot.load().generation})),
+            Ok(summary) => json_resp(
+                StatusCode::OK,
+                &json!({"result": "ok", "summary": summary, "generation": shared.snapshot.load().generation}),
+            ),
             Err(e) => json_resp(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &json!({"result": "error", "errors": e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>()}),
             ),
         },
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "404 Not Found (geolb admin: /metrics /healthz /readyz /status /explain POST /reload)\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "404 Not Found (geolb admin: /metrics /healthz /readyz /status /explain POST /reload)\n",
+        ),
     }
 }
 
@@ -191,11 +225,25 @@ fn update_gauges(snap: &crate::app::Snapshot) {
                     ("region", region.clone()),
                     ("backend", SharedString::from_shared(be.name.clone())),
                 ];
-                let lv: Vec<metrics::Label> = labels.iter().map(|(k, v)| metrics::Label::new(*k, v.clone())).collect();
-                metrics::gauge!(BACKEND_UP, lv.clone()).set(if be.health.is_available(now) { 1.0 } else { 0.0 });
-                metrics::gauge!(BACKEND_EJECTED, lv.clone()).set(if be.health.is_ejected(now) { 1.0 } else { 0.0 });
-                metrics::gauge!(BACKEND_INFLIGHT, lv)
-                    .set(f64::from(be.health.inflight.load(std::sync::atomic::Ordering::Relaxed)));
+                let lv: Vec<metrics::Label> = labels
+                    .iter()
+                    .map(|(k, v)| metrics::Label::new(*k, v.clone()))
+                    .collect();
+                metrics::gauge!(BACKEND_UP, lv.clone()).set(if be.health.is_available(now) {
+                    1.0
+                } else {
+                    0.0
+                });
+                metrics::gauge!(BACKEND_EJECTED, lv.clone()).set(if be.health.is_ejected(now) {
+                    1.0
+                } else {
+                    0.0
+                });
+                metrics::gauge!(BACKEND_INFLIGHT, lv).set(f64::from(
+                    be.health
+                        .inflight
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ));
             }
         }
     }

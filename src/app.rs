@@ -14,12 +14,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
-use crate::config::{self, CompileCtx, Compiled, ConfigErrors};
 use crate::config::compile::Summary;
+use crate::config::{self, CompileCtx, Compiled, ConfigErrors};
 use crate::geo::GeoDb;
 use crate::health::HealthRegistry;
 use crate::health::checker::Checker;
-use crate::metrics::{CONFIG_GENERATION, CONFIG_LAST_RELOAD_SUCCESS, CONFIG_RELOADS_TOTAL, GeoMetrics};
+use crate::metrics::{
+    CONFIG_GENERATION, CONFIG_LAST_RELOAD_SUCCESS, CONFIG_RELOADS_TOTAL, GeoMetrics,
+};
 use crate::routing::{RoutingTable, Settings};
 use crate::server::{self, ListenerKind};
 use crate::tls::CertSet;
@@ -103,7 +105,10 @@ impl Shared {
         let now = unix_now();
         let path = self.config_path.clone();
         let result = {
-            let ctx = CompileCtx { health: &self.health, pool: &self.pool };
+            let ctx = CompileCtx {
+                health: &self.health,
+                pool: &self.pool,
+            };
             config::load(&path, &ctx)
         };
         let mut st = self.reload_status.lock().unwrap_or_else(|e| e.into_inner());
@@ -132,7 +137,8 @@ impl Shared {
         if let Some(db) = &*slot {
             return Ok(db.clone());
         }
-        let db = Arc::new(GeoDb::embedded().map_err(|e| one_error(&self.config_path, e.to_string()))?);
+        let db =
+            Arc::new(GeoDb::embedded().map_err(|e| one_error(&self.config_path, e.to_string()))?);
         *slot = Some(db.clone());
         Ok(db)
     }
@@ -142,13 +148,22 @@ impl Shared {
         let old = self.snapshot.load_full();
         let s = &c.settings;
         if old.generation > 0
-            && (s.https != old.settings.https || s.http != old.settings.http || s.admin != old.settings.admin)
+            && (s.https != old.settings.https
+                || s.http != old.settings.http
+                || s.admin != old.settings.admin)
         {
             tracing::warn!("listener addresses changed; restart geolb to move listeners");
         }
-        let snap = build_snapshot(c, self.generation.fetch_add(1, Ordering::Relaxed) + 1, || self.embedded_geo())?;
+        let snap = build_snapshot(
+            c,
+            self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            || self.embedded_geo(),
+        )?;
         let summary = snap.summary;
-        tracing::info!(generation = snap.generation, "configuration loaded: {summary}");
+        tracing::info!(
+            generation = snap.generation,
+            "configuration loaded: {summary}"
+        );
         metrics::gauge!(CONFIG_GENERATION).set(snap.generation as f64);
         let snap = Arc::new(snap);
         self.snapshot.store(snap.clone());
@@ -175,15 +190,30 @@ fn build_snapshot(
         }
         None => None,
     };
-    Ok(Snapshot { table: c.table, settings: c.settings, geo, tls, generation, summary: c.summary })
+    Ok(Snapshot {
+        table: c.table,
+        settings: c.settings,
+        geo,
+        tls,
+        generation,
+        summary: c.summary,
+    })
 }
 
 fn one_error(file: &Path, message: String) -> ConfigErrors {
-    ConfigErrors(vec![config::ConfigError { file: file.to_path_buf(), line: 0, column: 0, path: String::new(), message }])
+    ConfigErrors(vec![config::ConfigError {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        path: String::new(),
+        message,
+    }])
 }
 
 pub fn unix_now() -> f64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// How to start geolb.
@@ -213,12 +243,16 @@ impl App {
         let health = HealthRegistry::default();
         let pool = UpstreamPool::default();
         let compiled = {
-            let ctx = CompileCtx { health: &health, pool: &pool };
+            let ctx = CompileCtx {
+                health: &health,
+                pool: &pool,
+            };
             config::load(&opts.config, &ctx).map_err(StartError::Config)?
         };
         let embedded = Mutex::new(None);
         let snap = build_snapshot(compiled, 1, || {
-            let db = Arc::new(GeoDb::embedded().map_err(|e| one_error(&opts.config, e.to_string()))?);
+            let db =
+                Arc::new(GeoDb::embedded().map_err(|e| one_error(&opts.config, e.to_string()))?);
             *embedded.lock().unwrap_or_else(|e| e.into_inner()) = Some(db.clone());
             Ok(db)
         })
@@ -226,7 +260,8 @@ impl App {
         let settings = snap.settings.clone();
         let hard = CancellationToken::new();
         let background = TaskTracker::new();
-        let access_log = AccessLog::start(settings.access_log.path.clone(), hard.clone(), &background);
+        let access_log =
+            AccessLog::start(settings.access_log.path.clone(), hard.clone(), &background);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snap),
             health,
@@ -258,24 +293,37 @@ impl App {
             checker.reconcile(&snap.table, &shared.background, &shared.hard);
             tracing::info!("configuration loaded: {}", snap.summary);
         }
-        let mut running = Running { https: None, http: None, admin: None, shared: shared.clone() };
+        let mut running = Running {
+            https: None,
+            http: None,
+            admin: None,
+            shared: shared.clone(),
+        };
         let bind = |a: SocketAddr| server::bind(a).map_err(|e| StartError::Bind(a, e));
         if let Some(a) = settings.https {
             let l = bind(a)?;
             let bound = l.local_addr().map_err(|e| StartError::Bind(a, e))?;
             shared.https_port.store(bound.port(), Ordering::Relaxed);
             running.https = Some(bound);
-            shared.background.spawn(server::accept_loop(l, ListenerKind::Https, shared.clone()));
+            shared
+                .background
+                .spawn(server::accept_loop(l, ListenerKind::Https, shared.clone()));
         }
         if let Some((a, mode)) = settings.http {
             let l = bind(a)?;
             running.http = Some(l.local_addr().map_err(|e| StartError::Bind(a, e))?);
-            shared.background.spawn(server::accept_loop(l, ListenerKind::Http(mode), shared.clone()));
+            shared.background.spawn(server::accept_loop(
+                l,
+                ListenerKind::Http(mode),
+                shared.clone(),
+            ));
         }
         if let Some(a) = settings.admin {
             let l = bind(a)?;
             running.admin = Some(l.local_addr().map_err(|e| StartError::Bind(a, e))?);
-            shared.background.spawn(crate::admin::serve(l, shared.clone()));
+            shared
+                .background
+                .spawn(crate::admin::serve(l, shared.clone()));
         }
         if opts.watch {
             crate::reload::watch(shared.clone()).map_err(StartError::Watch)?;
@@ -303,7 +351,10 @@ impl Running {
         let drain = shared.snapshot.load().settings.timeouts.shutdown_drain;
         shared.drain.cancel();
         shared.tasks.close();
-        if tokio::time::timeout(drain + Duration::from_secs(1), shared.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(drain + Duration::from_secs(1), shared.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain deadline passed; closing remaining connections");
         }
         shared.hard.cancel();

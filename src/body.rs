@@ -56,12 +56,22 @@ pub enum ReqBody {
     /// Fully buffered (replayable any number of times by cloning the `Bytes`).
     Full(Option<Bytes>),
     /// Streams the client body; takes it from the slot on the first poll.
-    Stream { slot: Arc<BodySlot>, inner: Option<Incoming>, seen: u64, limit: Option<u64> },
+    Stream {
+        slot: Arc<BodySlot>,
+        inner: Option<Incoming>,
+        seen: u64,
+        limit: Option<u64>,
+    },
 }
 
 impl ReqBody {
     pub fn stream(slot: Arc<BodySlot>, limit: Option<u64>) -> ReqBody {
-        ReqBody::Stream { slot, inner: None, seen: 0, limit }
+        ReqBody::Stream {
+            slot,
+            inner: None,
+            seen: 0,
+            limit,
+        }
     }
 }
 
@@ -76,12 +86,19 @@ impl Body for ReqBody {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Stream { slot, inner, seen, limit } => {
+            ReqBody::Stream {
+                slot,
+                inner,
+                seen,
+                limit,
+            } => {
                 if inner.is_none() {
                     slot.started.store(true, Ordering::Release);
                     *inner = slot.body.lock().unwrap_or_else(|e| e.into_inner()).take();
                 }
-                let Some(body) = inner.as_mut() else { return Poll::Ready(None) };
+                let Some(body) = inner.as_mut() else {
+                    return Poll::Ready(None);
+                };
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(d) = frame.data_ref() {
@@ -151,7 +168,10 @@ impl Drop for InflightGuard {
 #[derive(Debug)]
 pub enum RespBody {
     Full(Option<Bytes>),
-    Upstream { inner: Incoming, guard: Option<InflightGuard> },
+    Upstream {
+        inner: Incoming,
+        guard: Option<InflightGuard>,
+    },
 }
 
 impl RespBody {

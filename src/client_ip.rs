@@ -95,7 +95,9 @@ fn forwarded_entries(headers: &HeaderMap) -> impl Iterator<Item = &str> {
             .split(';')
             .find_map(|pair| {
                 let (k, v) = pair.trim().split_once('=')?;
-                k.trim().eq_ignore_ascii_case("for").then(|| v.trim().trim_matches('"'))
+                k.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| v.trim().trim_matches('"'))
             })
             .unwrap_or("\u{0}")
     })
@@ -109,9 +111,14 @@ pub fn parse_addr(s: &str) -> Option<IpAddr> {
     }
     if let Some(rest) = s.strip_prefix('[') {
         let end = rest.find(']')?;
-        return rest[..end].parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+        return rest[..end]
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| ip.to_canonical());
     }
-    s.parse::<SocketAddr>().ok().map(|sa| sa.ip().to_canonical())
+    s.parse::<SocketAddr>()
+        .ok()
+        .map(|sa| sa.ip().to_canonical())
 }
 
 #[cfg(test)]
@@ -126,7 +133,10 @@ mod tests {
     fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -139,28 +149,52 @@ mod tests {
     fn untrusted_peer_headers_are_ignored() {
         let h = hm(&[("x-forwarded-for", "1.2.3.4")]);
         let t = nets(&["10.0.0.0/8"]);
-        assert_eq!(resolve(ip("192.0.2.9"), &h, &t, &IpHeader::XForwardedFor), ip("192.0.2.9"));
-        assert_eq!(resolve(ip("10.1.1.1"), &h, &t, &IpHeader::XForwardedFor), ip("1.2.3.4"));
+        assert_eq!(
+            resolve(ip("192.0.2.9"), &h, &t, &IpHeader::XForwardedFor),
+            ip("192.0.2.9")
+        );
+        assert_eq!(
+            resolve(ip("10.1.1.1"), &h, &t, &IpHeader::XForwardedFor),
+            ip("1.2.3.4")
+        );
     }
 
     #[test]
     fn xff_walks_past_trusted_hops_across_lines() {
         let t = nets(&["10.0.0.0/8", "127.0.0.1/32"]);
-        let h = hm(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4"), ("x-forwarded-for", "10.0.0.2")]);
-        assert_eq!(resolve(ip("127.0.0.1"), &h, &t, &IpHeader::XForwardedFor), ip("1.2.3.4"));
+        let h = hm(&[
+            ("x-forwarded-for", "6.6.6.6, 1.2.3.4"),
+            ("x-forwarded-for", "10.0.0.2"),
+        ]);
+        assert_eq!(
+            resolve(ip("127.0.0.1"), &h, &t, &IpHeader::XForwardedFor),
+            ip("1.2.3.4")
+        );
         // All hops trusted: the leftmost wins.
         let h = hm(&[("x-forwarded-for", "10.0.0.3, 10.0.0.2")]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &t, &IpHeader::XForwardedFor), ip("10.0.0.3"));
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &t, &IpHeader::XForwardedFor),
+            ip("10.0.0.3")
+        );
         // Garbage stops the walk at the last good hop.
         let h = hm(&[("x-forwarded-for", "1.2.3.4, bogus, 10.0.0.2")]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &t, &IpHeader::XForwardedFor), ip("10.0.0.2"));
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &t, &IpHeader::XForwardedFor),
+            ip("10.0.0.2")
+        );
     }
 
     #[test]
     fn forwarded_and_single_headers() {
         let t = nets(&["127.0.0.0/8"]);
-        let h = hm(&[("forwarded", "for=192.0.2.60;proto=http, For=\"[2001:db8:cafe::17]:4711\"")]);
-        assert_eq!(resolve(ip("127.0.0.1"), &h, &t, &IpHeader::Forwarded), ip("2001:db8:cafe::17"));
+        let h = hm(&[(
+            "forwarded",
+            "for=192.0.2.60;proto=http, For=\"[2001:db8:cafe::17]:4711\"",
+        )]);
+        assert_eq!(
+            resolve(ip("127.0.0.1"), &h, &t, &IpHeader::Forwarded),
+            ip("2001:db8:cafe::17")
+        );
         let real = IpHeader::Single(HeaderName::from_static("x-real-ip"));
         let h = hm(&[("x-real-ip", "203.0.113.7")]);
         assert_eq!(resolve(ip("127.0.0.1"), &h, &t, &real), ip("203.0.113.7"));
@@ -172,7 +206,10 @@ mod tests {
     fn mapped_addresses_are_canonical() {
         let t = nets(&["127.0.0.0/8"]);
         let h = hm(&[("x-forwarded-for", "::ffff:1.2.3.4")]);
-        assert_eq!(resolve(ip("::ffff:127.0.0.1"), &h, &t, &IpHeader::XForwardedFor), ip("1.2.3.4"));
+        assert_eq!(
+            resolve(ip("::ffff:127.0.0.1"), &h, &t, &IpHeader::XForwardedFor),
+            ip("1.2.3.4")
+        );
         assert_eq!(parse_addr("1.2.3.4:80"), Some(ip("1.2.3.4")));
         assert_eq!(parse_addr("[::1]:80"), Some(ip("::1")));
         assert_eq!(parse_addr("unknown"), None);

@@ -27,18 +27,32 @@ const ORIGINS: [(&str, &str, &str); 4] = [
 pub async fn run() -> Result<()> {
     let mut regions: HashMap<&'static str, Arc<AtomicBool>> = HashMap::new();
     for (region, name, addr) in ORIGINS {
-        let up = regions.entry(region).or_insert_with(|| Arc::new(AtomicBool::new(true))).clone();
-        let l = TcpListener::bind(addr).await.with_context(|| format!("demo origin {name} on {addr}"))?;
-        tokio::spawn(serve(l, move |req: Request<Incoming>| origin(req, region, name, &up)));
+        let up = regions
+            .entry(region)
+            .or_insert_with(|| Arc::new(AtomicBool::new(true)))
+            .clone();
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("demo origin {name} on {addr}"))?;
+        tokio::spawn(serve(l, move |req: Request<Incoming>| {
+            origin(req, region, name, &up)
+        }));
     }
-    let control = TcpListener::bind(CONTROL).await.with_context(|| format!("demo control on {CONTROL}"))?;
+    let control = TcpListener::bind(CONTROL)
+        .await
+        .with_context(|| format!("demo control on {CONTROL}"))?;
     let regions = Arc::new(regions);
     let r2 = regions.clone();
-    tokio::spawn(serve(control, move |req: Request<Incoming>| control_req(req, &r2)));
+    tokio::spawn(serve(control, move |req: Request<Incoming>| {
+        control_req(req, &r2)
+    }));
 
-    let running = geolb::App::start(geolb::Options { config: CONFIG.into(), watch: true })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let running = geolb::App::start(geolb::Options {
+        config: CONFIG.into(),
+        watch: true,
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let https = running.https.context("demo.toml has an https listener")?;
     let admin = running.admin.context("demo.toml has an admin listener")?;
     let http = running.http;
@@ -69,7 +83,10 @@ Take a region down and watch its clients spill to the other one, then bring it b
 Ctrl-C stops everything.
 "#,
         hp = https.port(),
-        httpline = http.map_or("(none)".to_string(), |a| format!("http://localhost:{}/", a.port())),
+        httpline = http.map_or("(none)".to_string(), |a| format!(
+            "http://localhost:{}/",
+            a.port()
+        )),
     );
     crate::wait_for_signals(&running).await?;
     running.shutdown().await;
@@ -81,36 +98,54 @@ where
     F: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + Clone + 'static,
 {
     loop {
-        let Ok((s, _)) = l.accept().await else { continue };
+        let Ok((s, _)) = l.accept().await else {
+            continue;
+        };
         let f = f.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let f = f.clone();
                 async move { Ok::<_, std::convert::Infallible>(f(req)) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(s), svc)
-                .await;
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                    .await;
         });
     }
 }
 
-fn origin(req: Request<Incoming>, region: &str, name: &str, up: &AtomicBool) -> Response<Full<Bytes>> {
+fn origin(
+    req: Request<Incoming>,
+    region: &str,
+    name: &str,
+    up: &AtomicBool,
+) -> Response<Full<Bytes>> {
     if !up.load(Ordering::Relaxed) {
         let mut r = Response::new(Full::new(Bytes::from_static(b"region is down (demo)\n")));
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return r;
     }
-    let mut body = format!("region: {region}\nbackend: {name}\n{} {}\nheaders received:\n", req.method(), req.uri());
+    let mut body = format!(
+        "region: {region}\nbackend: {name}\n{} {}\nheaders received:\n",
+        req.method(),
+        req.uri()
+    );
     for (k, v) in req.headers() {
         body.push_str(&format!("  {k}: {}\n", v.to_str().unwrap_or("<binary>")));
     }
     let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut().insert("x-demo-region", http::HeaderValue::from_str(region).unwrap_or(http::HeaderValue::from_static("?")));
+    r.headers_mut().insert(
+        "x-demo-region",
+        http::HeaderValue::from_str(region).unwrap_or(http::HeaderValue::from_static("?")),
+    );
     r
 }
 
-fn control_req(req: Request<Incoming>, regions: &HashMap<&'static str, Arc<AtomicBool>>) -> Response<Full<Bytes>> {
+fn control_req(
+    req: Request<Incoming>,
+    regions: &HashMap<&'static str, Arc<AtomicBool>>,
+) -> Response<Full<Bytes>> {
     let parts: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
     let msg = match parts.as_slice() {
         ["regions", region, state @ ("up" | "down")] => match regions.get(region) {
@@ -124,4 +159,3 @@ fn control_req(req: Request<Incoming>, regions: &HashMap<&'static str, Arc<Atomi
     };
     Response::new(Full::new(Bytes::from(msg)))
 }
-

@@ -76,7 +76,10 @@ impl ProxyError {
 
     /// Failed before anything reached the backend: safe to try another one.
     pub fn is_connect_phase(self) -> bool {
-        matches!(self, ProxyError::UpstreamConnect | ProxyError::UpstreamConnectTimeout)
+        matches!(
+            self,
+            ProxyError::UpstreamConnect | ProxyError::UpstreamConnectTimeout
+        )
     }
 
     /// The response geolb sends for this error.
@@ -92,7 +95,10 @@ pub fn error_response(status: StatusCode, code: &'static str) -> Response<RespBo
     let mut resp = Response::new(RespBody::full(Bytes::from(text)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(header::SERVER, HeaderValue::from_static("geolb"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(code) {
@@ -107,9 +113,18 @@ mod tests {
 
     #[test]
     fn mapping_is_total_and_sane() {
-        assert_eq!(ProxyError::UpstreamConnect.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(ProxyError::UpstreamTimeout.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(ProxyError::BodyTooLarge.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            ProxyError::UpstreamConnect.status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            ProxyError::UpstreamTimeout.status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            ProxyError::BodyTooLarge.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
         assert_eq!(ProxyError::Misdirected.status().as_u16(), 421);
         let r = ProxyError::NoRoute.response();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);

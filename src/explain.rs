@@ -16,7 +16,8 @@ pub fn region_state(svc: &Service, sr: usize, now: u64) -> &'static str {
     let r = &svc.regions[sr];
     let recovering = r.backends.iter().any(|&b| {
         let be = &svc.backends[b];
-        be.health.is_available(now) && effective_weight(svc, &be.health, be.weight, now) < f64::from(be.weight)
+        be.health.is_available(now)
+            && effective_weight(svc, &be.health, be.weight, now) < f64::from(be.weight)
     });
     if h <= 0.0 && !recovering {
         "down"
@@ -44,7 +45,9 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, host: &str, path: &str) -> Value {
         "database": snap.geo.info(),
     });
     let mut b = [0u8; 256];
-    let host_n = crate::proxy::normalize_host(host, &mut b).unwrap_or("").to_owned();
+    let host_n = crate::proxy::normalize_host(host, &mut b)
+        .unwrap_or("")
+        .to_owned();
     let Some(route) = snap.table.match_route(&host_n, path) else {
         return json!({ "geo": geo, "route": Value::Null, "error": "no route matches this host and path" });
     };

@@ -49,7 +49,10 @@ enum Cmd {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> Result<()> {
@@ -73,15 +76,25 @@ fn main() -> Result<()> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 /// Run until SIGTERM/SIGINT; SIGHUP reloads.
 pub async fn run(config: PathBuf, watch: bool) -> Result<()> {
-    let running = geolb::App::start(geolb::Options { config: config.clone(), watch })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (name, addr) in [("https", running.https), ("http", running.http), ("admin", running.admin)] {
+    let running = geolb::App::start(geolb::Options {
+        config: config.clone(),
+        watch,
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (name, addr) in [
+        ("https", running.https),
+        ("http", running.http),
+        ("admin", running.admin),
+    ] {
         if let Some(a) = addr {
             tracing::info!("{name} listener on {a}");
         }
@@ -110,10 +123,15 @@ pub async fn wait_for_signals(running: &geolb::Running) -> Result<()> {
     }
 }
 
-fn compile_offline(file: &std::path::Path) -> Result<geolb::config::Compiled, geolb::config::ConfigErrors> {
+fn compile_offline(
+    file: &std::path::Path,
+) -> Result<geolb::config::Compiled, geolb::config::ConfigErrors> {
     let health = geolb::health::HealthRegistry::default();
     let pool = geolb::upstream::UpstreamPool::default();
-    let ctx = geolb::config::CompileCtx { health: &health, pool: &pool };
+    let ctx = geolb::config::CompileCtx {
+        health: &health,
+        pool: &pool,
+    };
     geolb::config::load(file, &ctx)
 }
 
@@ -135,7 +153,10 @@ fn check(file: &std::path::Path, diff: Option<&std::path::Path>) -> i32 {
                 }
             }
             Err(e) => {
-                eprintln!("cannot read the running configuration {}:\n{e}", running.display());
+                eprintln!(
+                    "cannot read the running configuration {}:\n{e}",
+                    running.display()
+                );
                 return 1;
             }
         }

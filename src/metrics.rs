@@ -4,7 +4,10 @@
 
 use std::sync::OnceLock;
 
-use metrics::{Counter, Histogram, SharedString, counter, describe_counter, describe_gauge, describe_histogram, histogram};
+use metrics::{
+    Counter, Histogram, SharedString, counter, describe_counter, describe_gauge,
+    describe_histogram, histogram,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS_TOTAL: &str = "geolb_requests_total";
@@ -26,8 +29,9 @@ pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "geolb_config_last_reload_success_t
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "geolb_access_log_dropped_total";
 
 /// Default latency buckets, seconds: 1 ms … 10 s.
-pub const DEFAULT_BUCKETS: &[f64] =
-    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const DEFAULT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -48,23 +52,66 @@ pub fn install() -> &'static PrometheusHandle {
 }
 
 fn describe_all() {
-    describe_counter!(REQUESTS_TOTAL, "Requests answered, by route, serving region and status class.");
-    describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "Time to response headers, by route and region.");
-    describe_counter!(UPSTREAM_ERRORS_TOTAL, "Upstream attempt failures, by service, backend and kind.");
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by route, serving region and status class."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time to response headers, by route and region."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS_TOTAL,
+        "Upstream attempt failures, by service, backend and kind."
+    );
     describe_counter!(RETRIES_TOTAL, "Retried attempts, by service.");
-    describe_counter!(SPILLOVER_TOTAL, "Requests served outside the client's nearest region, by route, from and to region.");
-    describe_gauge!(BACKEND_UP, "1 when the backend may receive traffic (healthy and not ejected).");
-    describe_gauge!(BACKEND_EJECTED, "1 while passive detection has ejected the backend.");
+    describe_counter!(
+        SPILLOVER_TOTAL,
+        "Requests served outside the client's nearest region, by route, from and to region."
+    );
+    describe_gauge!(
+        BACKEND_UP,
+        "1 when the backend may receive traffic (healthy and not ejected)."
+    );
+    describe_gauge!(
+        BACKEND_EJECTED,
+        "1 while passive detection has ejected the backend."
+    );
     describe_gauge!(BACKEND_INFLIGHT, "Requests in flight to the backend.");
-    describe_gauge!(REGION_HEALTH, "Healthy share of a service's weight in a region (0..1).");
-    describe_counter!(GEO_LOOKUPS_TOTAL, "Client location lookups, by result (city, country, unknown).");
-    describe_counter!(TLS_HANDSHAKES_TOTAL, "TLS handshakes, by result and protocol version.");
+    describe_gauge!(
+        REGION_HEALTH,
+        "Healthy share of a service's weight in a region (0..1)."
+    );
+    describe_counter!(
+        GEO_LOOKUPS_TOTAL,
+        "Client location lookups, by result (city, country, unknown)."
+    );
+    describe_counter!(
+        TLS_HANDSHAKES_TOTAL,
+        "TLS handshakes, by result and protocol version."
+    );
     describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections, by listener.");
-    describe_counter!(CONNECTIONS_TOTAL, "Accepted client connections, by listener.");
-    describe_gauge!(CONFIG_GENERATION, "Generation of the configuration being served.");
-    describe_counter!(CONFIG_RELOADS_TOTAL, "Configuration reload attempts, by result.");
-    describe_gauge!(CONFIG_LAST_RELOAD_SUCCESS, "Unix time of the last successful configuration load.");
-    describe_counter!(ACCESS_LOG_DROPPED_TOTAL, "Access log lines dropped because the writer fell behind.");
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "Accepted client connections, by listener."
+    );
+    describe_gauge!(
+        CONFIG_GENERATION,
+        "Generation of the configuration being served."
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Configuration reload attempts, by result."
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        "Unix time of the last successful configuration load."
+    );
+    describe_counter!(
+        ACCESS_LOG_DROPPED_TOTAL,
+        "Access log lines dropped because the writer fell behind."
+    );
 }
 
 /// Status classes in label order.
@@ -87,7 +134,8 @@ impl RouteRegionMetrics {
         let requests = CLASSES.map(|c| {
             counter!(REQUESTS_TOTAL, "route" => route.clone(), "region" => region.clone(), "class" => c)
         });
-        let duration = histogram!(REQUEST_DURATION, "route" => route.clone(), "region" => region.clone());
+        let duration =
+            histogram!(REQUEST_DURATION, "route" => route.clone(), "region" => region.clone());
         RouteRegionMetrics { requests, duration }
     }
 }

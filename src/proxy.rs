@@ -59,10 +59,14 @@ pub async fn handle(
     let snap = shared.snapshot.load_full();
     let mut log = LogRecord::start(&req, &conn);
     let result = match snap.settings.timeouts.request {
-        Some(limit) => match tokio::time::timeout(limit, route_request(req, &conn, &shared, &snap, &mut log)).await {
-            Ok(r) => r,
-            Err(_) => Err((ProxyError::RequestTimeout, None)),
-        },
+        Some(limit) => {
+            match tokio::time::timeout(limit, route_request(req, &conn, &shared, &snap, &mut log))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err((ProxyError::RequestTimeout, None)),
+            }
+        }
         None => route_request(req, &conn, &shared, &snap, &mut log).await,
     };
     let (resp, route, region) = match result {
@@ -74,7 +78,9 @@ pub async fn handle(
     };
     let status = resp.status().as_u16();
     if let Some(r) = route.and_then(|i| snap.table.routes.get(i)) {
-        let m = &r.metrics[region.unwrap_or(r.metrics.len() - 1).min(r.metrics.len() - 1)];
+        let m = &r.metrics[region
+            .unwrap_or(r.metrics.len() - 1)
+            .min(r.metrics.len() - 1)];
         m.requests[crate::metrics::class_index(status)].increment(1);
         m.duration.record(started.elapsed().as_secs_f64());
     }
@@ -139,11 +145,18 @@ async fn route_request(
     let err = |e: ProxyError| (e, Some(route_idx));
 
     // Where is the client?
-    let ip = client_ip::resolve(conn.source, req.headers(), &settings.trusted, &settings.ip_header);
+    let ip = client_ip::resolve(
+        conn.source,
+        req.headers(),
+        &settings.trusted,
+        &settings.ip_header,
+    );
     log.client_ip = ip;
     let loc = snap.geo.locate(ip);
     match &loc {
-        Some(l) if l.source == crate::geo::LocSource::Record => shared.geo_metrics.city.increment(1),
+        Some(l) if l.source == crate::geo::LocSource::Record => {
+            shared.geo_metrics.city.increment(1)
+        }
         Some(_) => shared.geo_metrics.country.increment(1),
         None => shared.geo_metrics.unknown.increment(1),
     }
@@ -152,13 +165,19 @@ async fn route_request(
     let order = select::order_regions(route, &snap.table.regions, ip, loc.as_ref());
     let hash = match &svc.hash_key {
         HashKey::ClientIp => select::hash_ip(ip),
-        HashKey::Header(h) => req.headers().get(h).map_or(0, |v| select::hash_bytes(v.as_bytes())),
+        HashKey::Header(h) => req
+            .headers()
+            .get(h)
+            .map_or(0, |v| select::hash_bytes(v.as_bytes())),
         HashKey::Cookie(name) => cookie(req.headers(), name).map_or(0, select::hash_bytes),
     };
 
     // Body limits and replay plan.
     let content_length = req.body().size_hint().exact();
-    if let (Some(limit), Some(len)) = (settings.limits.max_body_bytes, req.body().size_hint().exact()) {
+    if let (Some(limit), Some(len)) = (
+        settings.limits.max_body_bytes,
+        req.body().size_hint().exact(),
+    ) {
         if len > limit {
             return Err(err(ProxyError::BodyTooLarge));
         }
@@ -187,15 +206,25 @@ async fn route_request(
     headers::strip_geolb(&mut parts.headers);
     headers::append_xff(&mut parts.headers, conn.source.to_canonical());
     let h = &mut parts.headers;
-    h.insert(&X_FORWARDED_PROTO, if conn.tls.is_some() { HTTPS.clone() } else { HTTP.clone() });
+    h.insert(
+        &X_FORWARDED_PROTO,
+        if conn.tls.is_some() {
+            HTTPS.clone()
+        } else {
+            HTTP.clone()
+        },
+    );
     if let Some(v) = &orig_host {
         h.insert(&X_FORWARDED_HOST, v.clone());
     }
-    h.append(header::VIA, match version {
-        Version::HTTP_2 => VIA_2.clone(),
-        Version::HTTP_10 => VIA_10.clone(),
-        _ => VIA_11.clone(),
-    });
+    h.append(
+        header::VIA,
+        match version {
+            Version::HTTP_2 => VIA_2.clone(),
+            Version::HTTP_10 => VIA_10.clone(),
+            _ => VIA_11.clone(),
+        },
+    );
     if let Some(c) = country {
         h.insert(&X_GEOLB_COUNTRY, HeaderValue::from_static(c));
     }
@@ -204,7 +233,11 @@ async fn route_request(
             h.insert(header::HOST, v);
         }
     }
-    let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     // Attempts.
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
@@ -212,7 +245,9 @@ async fn route_request(
     for attempt in 0..svc.retry.attempts {
         let pick = match select::pick(svc, &order, now_ms(), hash, &tried[..attempt]) {
             Ok(p) => p,
-            Err(NoPick::NoHealthy) if attempt == 0 => return Err(err(ProxyError::NoHealthyBackend)),
+            Err(NoPick::NoHealthy) if attempt == 0 => {
+                return Err(err(ProxyError::NoHealthyBackend));
+            }
             Err(_) => break,
         };
         if attempt > 0 {
@@ -239,12 +274,15 @@ async fn route_request(
             .authority(backend.authority.clone())
             .path_and_query(path_and_query.clone())
             .build();
-        let Ok(uri) = uri else { return Err(err(ProxyError::BadRequest("invalid request target"))) };
+        let Ok(uri) = uri else {
+            return Err(err(ProxyError::BadRequest("invalid request target")));
+        };
         let mut up = Request::new(body);
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = parts.headers.clone();
-        up.headers_mut().insert(&X_GEOLB_REGION, region.header.clone());
+        up.headers_mut()
+            .insert(&X_GEOLB_REGION, region.header.clone());
         if !settings.preserve_host || !up.headers().contains_key(header::HOST) {
             if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
                 up.headers_mut().insert(header::HOST, v);
@@ -254,7 +292,11 @@ async fn route_request(
         if attempt > 0 {
             svc.retries_active.fetch_add(1, Relaxed);
         }
-        let sent = tokio::time::timeout(settings.timeouts.upstream_response_header, svc.client.request(up)).await;
+        let sent = tokio::time::timeout(
+            settings.timeouts.upstream_response_header,
+            svc.client.request(up),
+        )
+        .await;
         if attempt > 0 {
             svc.retries_active.fetch_sub(1, Relaxed);
         }
@@ -274,7 +316,12 @@ async fn route_request(
                 } else {
                     backend.health.observe_success();
                 }
-                log.attempts.push(Attempt { backend: backend.name.clone(), region: region.name.clone(), outcome: status.as_u16(), error: None });
+                log.attempts.push(Attempt {
+                    backend: backend.name.clone(),
+                    region: region.name.clone(),
+                    outcome: status.as_u16(),
+                    error: None,
+                });
                 if retry_status {
                     last_err = ProxyError::UpstreamReset;
                     continue;
@@ -285,21 +332,30 @@ async fn route_request(
                 svc.regions[sr].served.fetch_add(1, Relaxed);
                 log.region = Some(region.name.clone());
                 log.backend = Some(backend.name.clone());
-                let mut out_resp = finish_response(&mut resp, settings.response_region, &region.header);
+                let mut out_resp =
+                    finish_response(&mut resp, settings.response_region, &region.header);
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client) = client_upgrade {
                         let upstream_up = hyper::upgrade::on(&mut resp);
                         shared.spawn_tunnel(client, upstream_up);
                     }
                 }
-                *out_resp.body_mut() = RespBody::Upstream { inner: resp.into_body(), guard: Some(guard) };
+                *out_resp.body_mut() = RespBody::Upstream {
+                    inner: resp.into_body(),
+                    guard: Some(guard),
+                };
                 return Ok((out_resp, route_idx, sr));
             }
             Ok(Err(e)) => upstream::classify(&e),
             Err(_) => ProxyError::UpstreamTimeout,
         };
         drop(guard);
-        log.attempts.push(Attempt { backend: backend.name.clone(), region: region.name.clone(), outcome: 0, error: Some(outcome.code()) });
+        log.attempts.push(Attempt {
+            backend: backend.name.clone(),
+            region: region.name.clone(),
+            outcome: 0,
+            error: Some(outcome.code()),
+        });
         crate::metrics::upstream_error(svc, backend, outcome);
         if outcome == ProxyError::BodyTooLarge {
             return Err(err(outcome));
@@ -328,7 +384,13 @@ fn passive_failure(svc: &Service, b: usize) {
     let backend = &svc.backends[b];
     let region = &svc.regions[backend.region];
     let now = now_ms();
-    let ejected = region.backends.iter().filter(|&&i| svc.backends[i].health.is_ejected(now)).count();
+    // Only ejections of actively healthy backends count against the cap: passive detection
+    // alone may not empty a region, but a backend the checker already failed costs nothing.
+    let ejected = region
+        .backends
+        .iter()
+        .filter(|&&i| svc.backends[i].health.is_ejected(now) && svc.backends[i].health.is_up())
+        .count();
     let cap = (region.backends.len() * svc.passive.max_ejection_percent as usize) / 100;
     if backend.health.observe_failure(&svc.passive, ejected < cap) {
         tracing::warn!(service = %svc.name, backend = %backend.name, "backend ejected by passive detection");
@@ -336,7 +398,11 @@ fn passive_failure(svc: &Service, b: usize) {
 }
 
 /// Copy the upstream response head, minus hop-by-hop headers (kept for 101).
-fn finish_response(resp: &mut Response<Incoming>, add_region: bool, region: &HeaderValue) -> Response<RespBody> {
+fn finish_response(
+    resp: &mut Response<Incoming>,
+    add_region: bool,
+    region: &HeaderValue,
+) -> Response<RespBody> {
     let mut out = Response::new(RespBody::empty());
     *out.status_mut() = resp.status();
     *out.version_mut() = Version::HTTP_11;
@@ -352,7 +418,10 @@ fn finish_response(resp: &mut Response<Incoming>, add_region: bool, region: &Hea
 }
 
 fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 /// Lowercase, strip the port and a trailing dot, into `buf`. `None` when invalid.
@@ -396,9 +465,15 @@ mod tests {
     #[test]
     fn host_normalisation() {
         let mut b = [0u8; 256];
-        assert_eq!(normalize_host("Example.COM:8443", &mut b), Some("example.com"));
+        assert_eq!(
+            normalize_host("Example.COM:8443", &mut b),
+            Some("example.com")
+        );
         let mut b = [0u8; 256];
-        assert_eq!(normalize_host("[2001:DB8::1]:443", &mut b), Some("2001:db8::1"));
+        assert_eq!(
+            normalize_host("[2001:DB8::1]:443", &mut b),
+            Some("2001:db8::1")
+        );
         let mut b = [0u8; 256];
         assert_eq!(normalize_host("a.b.", &mut b), Some("a.b"));
         let mut b = [0u8; 256];
@@ -410,7 +485,10 @@ mod tests {
     #[test]
     fn cookie_lookup() {
         let mut h = http::HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; sid=xyz; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sid=xyz; b=2"),
+        );
         assert_eq!(cookie(&h, "sid"), Some(&b"xyz"[..]));
         assert_eq!(cookie(&h, "zz"), None);
     }

@@ -23,9 +23,13 @@ pub enum PpError {
 /// LOCAL / UNKNOWN header (use the socket peer).
 pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<SocketAddr>, PpError> {
     let mut head = [0u8; 16];
-    r.read_exact(&mut head[..8]).await.map_err(|_| PpError::Eof)?;
+    r.read_exact(&mut head[..8])
+        .await
+        .map_err(|_| PpError::Eof)?;
     if head[..8] == V2_SIG[..8] {
-        r.read_exact(&mut head[8..16]).await.map_err(|_| PpError::Eof)?;
+        r.read_exact(&mut head[8..16])
+            .await
+            .map_err(|_| PpError::Eof)?;
         if head[..12] != V2_SIG {
             return Err(PpError::Missing);
         }
@@ -35,14 +39,21 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Socke
         }
         let mut buf = vec![0u8; 16 + len];
         buf[..16].copy_from_slice(&head);
-        r.read_exact(&mut buf[16..]).await.map_err(|_| PpError::Eof)?;
-        let h = ppp::v2::Header::try_from(&buf[..]).map_err(|e| PpError::Malformed(e.to_string()))?;
+        r.read_exact(&mut buf[16..])
+            .await
+            .map_err(|_| PpError::Eof)?;
+        let h =
+            ppp::v2::Header::try_from(&buf[..]).map_err(|e| PpError::Malformed(e.to_string()))?;
         if h.command == ppp::v2::Command::Local {
             return Ok(None);
         }
         return Ok(match h.addresses {
-            ppp::v2::Addresses::IPv4(a) => Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
-            ppp::v2::Addresses::IPv6(a) => Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
+            ppp::v2::Addresses::IPv4(a) => {
+                Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+            }
+            ppp::v2::Addresses::IPv6(a) => {
+                Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+            }
             _ => None,
         });
     }
@@ -61,8 +72,12 @@ pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Socke
     let s = std::str::from_utf8(&line).map_err(|_| PpError::Malformed("not ASCII".into()))?;
     let h = ppp::v1::Header::try_from(s).map_err(|e| PpError::Malformed(e.to_string()))?;
     Ok(match h.addresses {
-        ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
-        ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
+        ppp::v1::Addresses::Tcp4(a) => {
+            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+        }
+        ppp::v1::Addresses::Tcp6(a) => {
+            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+        }
         ppp::v1::Addresses::Unknown => None,
     })
 }
@@ -85,7 +100,10 @@ mod tests {
         let h = ppp::v2::Builder::with_addresses(
             ppp::v2::Version::Two | ppp::v2::Command::Proxy,
             ppp::v2::Protocol::Stream,
-            ("[2001:db8::7]:1234".parse::<SocketAddr>().unwrap(), "[::1]:443".parse::<SocketAddr>().unwrap()),
+            (
+                "[2001:db8::7]:1234".parse::<SocketAddr>().unwrap(),
+                "[::1]:443".parse::<SocketAddr>().unwrap(),
+            ),
         )
         .build()
         .unwrap();
@@ -100,9 +118,20 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_is_rejected() {
-        assert_eq!(parse(b"GET / HTTP/1.1\r\n\r\n").await.0, Err(PpError::Missing));
-        assert!(matches!(parse(b"PROXY TCP4 999.1.1.1 1.1.1.1 1 2\r\n").await.0, Err(PpError::Malformed(_))));
-        assert!(matches!(parse(&[b'P', b'R', b'O', b'X', b'Y', b' ', b'A', b'A'].repeat(20)).await.0, Err(PpError::Malformed(_))));
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\n\r\n").await.0,
+            Err(PpError::Missing)
+        );
+        assert!(matches!(
+            parse(b"PROXY TCP4 999.1.1.1 1.1.1.1 1 2\r\n").await.0,
+            Err(PpError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(&[b'P', b'R', b'O', b'X', b'Y', b' ', b'A', b'A'].repeat(20))
+                .await
+                .0,
+            Err(PpError::Malformed(_))
+        ));
         assert_eq!(parse(b"PROX").await.0, Err(PpError::Eof));
         let mut v2 = V2_SIG.to_vec();
         v2.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);

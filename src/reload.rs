@@ -15,19 +15,27 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 /// Start the watcher task; it ends on hard shutdown.
 pub fn watch(shared: Arc<Shared>) -> Result<(), String> {
     let path = shared.config_path.clone();
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        Ok(ev) if !matches!(ev.kind, notify::EventKind::Access(_)) => {
-            let _ = tx.send(());
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "config watcher error"),
-    })
-    .map_err(|e| e.to_string())?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(ev) if !matches!(ev.kind, notify::EventKind::Access(_)) => {
+                let _ = tx.send(());
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "config watcher error"),
+        })
+        .map_err(|e| e.to_string())?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     // Also watch the file's symlink target directory, if any (ConfigMap `..data` swaps).
-    let target_dir = std::fs::canonicalize(&path).ok().and_then(|p| p.parent().map(PathBuf::from));
+    let target_dir = std::fs::canonicalize(&path)
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from));
     if let Some(t) = target_dir.filter(|t| *t != dir) {
         let _ = watcher.watch(&t, RecursiveMode::NonRecursive);
     }

@@ -165,7 +165,12 @@ pub struct Override {
 }
 
 impl Override {
-    pub fn matches(&self, ip: IpAddr, country: Option<[u8; 2]>, continent: Option<[u8; 2]>) -> bool {
+    pub fn matches(
+        &self,
+        ip: IpAddr,
+        country: Option<[u8; 2]>,
+        continent: Option<[u8; 2]>,
+    ) -> bool {
         country.is_some_and(|c| self.countries.contains(&c))
             || continent.is_some_and(|c| self.continents.contains(&c))
             || self.cidrs.iter().any(|n| n.contains(&ip))
@@ -209,7 +214,9 @@ impl RoutingTable {
     /// As [`RoutingTable::match_route`], returning the index into `routes`.
     pub fn match_route_idx(&self, host: &str, path: &str) -> Option<usize> {
         let list = self.host_routes(host)?;
-        list.iter().find(|(prefix, _)| path.starts_with(&**prefix)).map(|(_, i)| *i)
+        list.iter()
+            .find(|(prefix, _)| path.starts_with(&**prefix))
+            .map(|(_, i)| *i)
     }
 
     fn host_routes(&self, host: &str) -> Option<&PrefixList> {

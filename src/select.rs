@@ -172,7 +172,11 @@ pub fn shares(svc: &Service, order: &RegionOrder, now: u64) -> ([f64; MAX_REGION
         weight_total += w;
     }
     let mut out = [0.0; MAX_REGIONS];
-    let healthy_frac = if weight_total > 0.0 { eff_total / weight_total } else { 0.0 };
+    let healthy_frac = if weight_total > 0.0 {
+        eff_total / weight_total
+    } else {
+        0.0
+    };
     if eff_total <= 0.0 || healthy_frac < svc.spill.panic_threshold {
         return (out, true);
     }
@@ -227,7 +231,11 @@ pub fn pick(
         }
         for p in 0..order.len {
             if let Some(b) = in_region(svc, order.idx[p], now, hash, tried, false) {
-                return Ok(Pick { backend: b, position: p, panic: true });
+                return Ok(Pick {
+                    backend: b,
+                    position: p,
+                    panic: true,
+                });
             }
         }
         return Err(NoPick::Exhausted);
@@ -252,17 +260,29 @@ pub fn pick(
         }
         let Some(p) = chosen else { break };
         if let Some(b) = in_region(svc, order.idx[p], now, hash, tried, true) {
-            return Ok(Pick { backend: b, position: p, panic: false });
+            return Ok(Pick {
+                backend: b,
+                position: p,
+                panic: false,
+            });
         }
         share[p] = 0.0;
     }
     // Shares exhausted by retries: any untried healthy backend, nearest first.
     for p in 0..order.len {
         if let Some(b) = in_region(svc, order.idx[p], now, hash, tried, true) {
-            return Ok(Pick { backend: b, position: p, panic: false });
+            return Ok(Pick {
+                backend: b,
+                position: p,
+                panic: false,
+            });
         }
     }
-    Err(if tried.is_empty() { NoPick::NoHealthy } else { NoPick::Exhausted })
+    Err(if tried.is_empty() {
+        NoPick::NoHealthy
+    } else {
+        NoPick::Exhausted
+    })
 }
 
 /// Choose a backend inside one service region by the service's policy.
@@ -289,26 +309,40 @@ fn in_region(
     match svc.lb {
         LbPolicy::RoundRobin => {
             let t = &region.rr_table;
-            let start = region.rr_next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            (0..t.len()).map(|i| t[(start + i) % t.len()]).find(|&b| ok(b))
+            let start = region
+                .rr_next
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (0..t.len())
+                .map(|i| t[(start + i) % t.len()])
+                .find(|&b| ok(b))
         }
         LbPolicy::Hash => {
             let ring = &region.ring;
             let start = ring.partition_point(|(p, _)| *p < hash);
-            (0..ring.len()).map(|i| ring[(start + i) % ring.len()].1).find(|&b| ok(b))
+            (0..ring.len())
+                .map(|i| ring[(start + i) % ring.len()].1)
+                .find(|&b| ok(b))
         }
         LbPolicy::LeastRequest => {
             let score = |b: usize| {
                 let be = &svc.backends[b];
                 let w = effective_weight(svc, &be.health, be.weight, now).max(0.05);
-                (f64::from(be.health.inflight.load(std::sync::atomic::Ordering::Relaxed)) + 1.0)
+                (f64::from(
+                    be.health
+                        .inflight
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ) + 1.0)
                     / w
             };
             // Power of two choices among eligible backends.
             let r = rand_u64();
-            let a = (0..n).map(|i| region.backends[(r as usize + i) % n]).find(|&b| ok(b))?;
+            let a = (0..n)
+                .map(|i| region.backends[(r as usize + i) % n])
+                .find(|&b| ok(b))?;
             let r2 = (r >> 32) as usize;
-            let b = (0..n).map(|i| region.backends[(r2 + i) % n]).find(|&b| ok(b) && b != a);
+            let b = (0..n)
+                .map(|i| region.backends[(r2 + i) % n])
+                .find(|&b| ok(b) && b != a);
             match b {
                 Some(b) if score(b) < score(a) => Some(b),
                 _ => Some(a),

@@ -39,7 +39,11 @@ impl ListenerKind {
 
 /// Bind with SO_REUSEADDR, a deep backlog and (on the socket) TCP_NODELAY for accepted conns.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     s.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -89,7 +93,12 @@ pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<
     }
 }
 
-async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind, shared: Arc<Shared>) {
+async fn serve_conn(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+) {
     let snap = shared.snapshot.load_full();
     let settings = &snap.settings;
     let mut source = peer.ip().to_canonical();
@@ -116,7 +125,8 @@ async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind,
         ListenerKind::Https => {
             let Some(tls) = snap.tls.clone() else { return };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-            let hs = tokio::time::timeout(settings.timeouts.tls_handshake, acceptor.accept(stream)).await;
+            let hs = tokio::time::timeout(settings.timeouts.tls_handshake, acceptor.accept(stream))
+                .await;
             let tls_stream = match hs {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -140,7 +150,8 @@ async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind,
                 Some(b"http/1.1") => "http/1.1",
                 _ => "none",
             };
-            metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "ok", "version" => version).increment(1);
+            metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "ok", "version" => version)
+                .increment(1);
             let sni = conn.server_name().map(str::to_ascii_lowercase);
             let info = ConnInfo {
                 peer,
@@ -156,7 +167,11 @@ async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, kind: ListenerKind,
             serve_http(tls_stream, info, shared, snap, h2_only, None).await;
         }
         ListenerKind::Http(mode) => {
-            let info = ConnInfo { peer, source, tls: None };
+            let info = ConnInfo {
+                peer,
+                source,
+                tls: None,
+            };
             let redirect = (mode == HttpMode::Redirect)
                 .then(|| shared.https_port.load(std::sync::atomic::Ordering::Relaxed));
             serve_http(stream, info, shared, snap, false, redirect).await;
@@ -238,22 +253,36 @@ fn redirect(req: &Request<Incoming>, port: u16) -> Response<RespBody> {
         .uri()
         .authority()
         .map(|a| a.host().to_owned())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| {
-            let mut b = [0u8; 256];
-            proxy::normalize_host(h, &mut b).unwrap_or("").to_owned()
-        }))
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| {
+                    let mut b = [0u8; 256];
+                    proxy::normalize_host(h, &mut b).unwrap_or("").to_owned()
+                })
+        })
         .unwrap_or_default();
     if host.is_empty() {
         return crate::error::ProxyError::BadRequest("missing Host header").response();
     }
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
-    let location = if port == 443 { format!("https://{host}{pq}") } else { format!("https://{host}:{port}{pq}") };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
     let mut resp = Response::new(RespBody::empty());
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp.headers_mut().insert(header::SERVER, HeaderValue::from_static("geolb"));
+    resp.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static("geolb"));
     resp
 }

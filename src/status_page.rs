@@ -3,7 +3,10 @@
 use serde_json::Value;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Render the `/status` JSON as a page.
@@ -19,7 +22,10 @@ pub fn render(v: &Value) -> String {
         esc(v["reload"]["last_result"].as_str().unwrap_or("-")),
         esc(v["reload"]["last_error"].as_str().unwrap_or(""))
     ));
-    h.push_str(&format!("<p>geo database: {}</p>", esc(v["geo"]["source"].as_str().unwrap_or("-"))));
+    h.push_str(&format!(
+        "<p>geo database: {}</p>",
+        esc(v["geo"]["source"].as_str().unwrap_or("-"))
+    ));
     for svc in v["services"].as_array().into_iter().flatten() {
         h.push_str(&format!("<h2>service {}</h2><table><tr><th>region</th><th>state</th><th>health</th><th>traffic share</th><th>backends</th></tr>", esc(svc["service"].as_str().unwrap_or(""))));
         for r in svc["regions"].as_array().into_iter().flatten() {
@@ -33,7 +39,10 @@ pub fn render(v: &Value) -> String {
                 } else {
                     "down"
                 };
-                bes.push_str(&format!("{} <b>{st}</b><br>", esc(b["backend"].as_str().unwrap_or(""))));
+                bes.push_str(&format!(
+                    "{} <b>{st}</b><br>",
+                    esc(b["backend"].as_str().unwrap_or(""))
+                ));
             }
             h.push_str(&format!(
                 "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{:.0}%</td><td>{:.1}%</td><td>{bes}</td></tr>",

@@ -22,7 +22,10 @@ pub enum TlsError {
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> TlsError {
-    TlsError::File { path: path.display().to_string(), reason: reason.to_string() }
+    TlsError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// All certificates in a PEM file, leaf first.
@@ -73,7 +76,10 @@ impl CertSet {
                 .map_err(|e| file_err(&spec.key, e))?;
             let ck = CertifiedKey::new(chain, signer);
             ck.keys_match().map_err(|e| {
-                file_err(&spec.key, format!("does not match {}: {e}", spec.cert.display()))
+                file_err(
+                    &spec.key,
+                    format!("does not match {}: {e}", spec.cert.display()),
+                )
             })?;
             set.keys.push(Arc::new(ck));
             let mut names = Vec::new();
@@ -110,7 +116,9 @@ impl CertSet {
     /// Does certificate `idx` cover `host` (lowercase, no port)? Wildcards cover one label.
     /// A certificate configured without names covers everything.
     pub fn covers(&self, idx: usize, host: &str) -> bool {
-        let Some(names) = self.names.get(idx) else { return false };
+        let Some(names) = self.names.get(idx) else {
+            return false;
+        };
         names.is_empty()
             || names.iter().any(|n| match n.strip_prefix('*') {
                 Some(suffix) => host

@@ -64,7 +64,9 @@ fn build_client(key: &ClientKey) -> Result<UpstreamClient, String> {
     match &key.ca {
         Some(ca) => {
             for cert in load_certs(ca).map_err(|e| e.to_string())? {
-                roots.add(cert).map_err(|e| format!("{}: {e}", ca.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -84,7 +86,9 @@ fn build_client(key: &ClientKey) -> Result<UpstreamClient, String> {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(key.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
     let b = match &key.server_name {
         Some(name) => {
             let sn = ServerName::try_from(name.clone()).map_err(|e| format!("{name}: {e}"))?;
@@ -135,7 +139,11 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
         src = e.source();
     }
     if err.is_connect() {
-        if timed_out { ProxyError::UpstreamConnectTimeout } else { ProxyError::UpstreamConnect }
+        if timed_out {
+            ProxyError::UpstreamConnectTimeout
+        } else {
+            ProxyError::UpstreamConnect
+        }
     } else {
         ProxyError::UpstreamReset
     }

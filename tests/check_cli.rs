@@ -6,9 +6,15 @@ fn check(text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_geolb")).arg("check").arg(&path).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "routes.toml");
-    let stdout = String::from_utf8_lossy(&out.stdout).replace(&path.display().to_string(), "routes.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_geolb"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "routes.toml");
+    let stdout =
+        String::from_utf8_lossy(&out.stdout).replace(&path.display().to_string(), "routes.toml");
     (out.status.code().unwrap_or(-1), stdout, stderr)
 }
 
@@ -31,7 +37,10 @@ service = "app"
 fn valid_file_prints_a_summary_and_exits_0() {
     let (code, out, err) = check(GOOD);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("ok: 1 routes, 1 services, 1 regions, 1 backends"), "{out}");
+    assert!(
+        out.contains("ok: 1 routes, 1 services, 1 regions, 1 backends"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -46,7 +55,10 @@ fn unknown_key_names_the_field_and_suggests_the_right_one() {
     let bad = GOOD.replace("hosts = [", "hots = [");
     let (code, _, err) = check(&bad);
     assert_eq!(code, 1);
-    assert!(err.contains("routes.toml:12:1: routes[0].hots: unknown field `hots`"), "{err}");
+    assert!(
+        err.contains("routes.toml:12:1: routes[0].hots: unknown field `hots`"),
+        "{err}"
+    );
     assert!(err.contains("did you mean `hosts`?"), "{err}");
 }
 
@@ -58,20 +70,36 @@ fn every_semantic_error_is_reported_with_its_path() {
         .replace("location = [50.1, 8.7]", "location = [150.1, 8.7]");
     let (code, _, err) = check(&bad);
     assert_eq!(code, 1);
-    assert!(err.contains("routes.toml:6:12: regions.eu.location:"), "{err}");
+    assert!(
+        err.contains("routes.toml:6:12: regions.eu.location:"),
+        "{err}"
+    );
     assert!(err.contains("routes.toml:9:24: services.app.backends[0].region: unknown region `us` (did you mean `eu`?)"), "{err}");
     assert!(err.contains("3 error(s)"), "{err}");
     // The route error is reported even though its service had errors? No: the service exists
     // but failed, so the route is not double-reported; the typo'd name is.
-    assert!(err.contains("routes[0].service: unknown service `ap` (did you mean `app`?)"), "{err}");
+    assert!(
+        err.contains("routes[0].service: unknown service `ap` (did you mean `app`?)"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_durations_and_addresses_are_errors() {
-    let bad = GOOD.replace("[regions.eu]", "[timeouts]\nupstream_connect = \"3 parsecs\"\n\n[regions.eu]")
+    let bad = GOOD
+        .replace(
+            "[regions.eu]",
+            "[timeouts]\nupstream_connect = \"3 parsecs\"\n\n[regions.eu]",
+        )
         .replace("127.0.0.1:0", "localhost:http");
     let (code, _, err) = check(&bad);
     assert_eq!(code, 1);
-    assert!(err.contains("timeouts.upstream_connect: unknown duration unit"), "{err}");
-    assert!(err.contains("listeners.http.address: `localhost:http` is not an address"), "{err}");
+    assert!(
+        err.contains("timeouts.upstream_connect: unknown duration unit"),
+        "{err}"
+    );
+    assert!(
+        err.contains("listeners.http.address: `localhost:http` is not an address"),
+        "{err}"
+    );
 }

@@ -33,7 +33,10 @@ async fn https_get_over_http1_and_h2() {
         assert_eq!(v["uri"], "/hello?x=1");
         // Upstream is HTTP/1.1 either way; Host is preserved.
         assert_eq!(v["version"], "HTTP/1.1");
-        assert_eq!(v["headers"]["host"][0], format!("localhost:{}", g.https.unwrap().port()));
+        assert_eq!(
+            v["headers"]["host"][0],
+            format!("localhost:{}", g.https.unwrap().port())
+        );
         let via = v["headers"]["via"][0].as_str().unwrap();
         assert_eq!(via, if h2 { "2 geolb" } else { "1.1 geolb" });
     }
@@ -57,7 +60,11 @@ async fn sni_picks_the_right_certificate() {
         let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
         // The leaf's CN is its file stem ("a" or "b"); find it in the DER.
         let bytes = der.as_ref();
-        if bytes.windows(12).any(|w| w == b"b.other.test") { "b" } else { "a" }
+        if bytes.windows(12).any(|w| w == b"b.other.test") {
+            "b"
+        } else {
+            "a"
+        }
     };
     let s = g.tls_connect("b.other.test", &[b"http/1.1"]).await;
     assert_eq!(cn(&s), "b");
@@ -72,12 +79,20 @@ async fn host_outside_the_certificate_is_misdirected() {
     let (g, _b) = one_backend("").await;
     // Connect with SNI b.other.test, then ask for localhost: the cert does not cover it.
     let tls = g.tls_connect("b.other.test", &[b"http/1.1"]).await;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let req = Request::get("/").header("host", "localhost").body(full("")).unwrap();
+    let req = Request::get("/")
+        .header("host", "localhost")
+        .body(full(""))
+        .unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::MISDIRECTED_REQUEST);
-    let req = Request::get("/").header("host", "b.other.test").body(full("")).unwrap();
+    let req = Request::get("/")
+        .header("host", "b.other.test")
+        .body(full(""))
+        .unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
@@ -98,8 +113,13 @@ async fn streaming_upload(h2: bool) {
         let c = c2.clone();
         async move { (i < CHUNKS).then(|| (Ok::<_, std::convert::Infallible>(Frame::data(c)), i + 1)) }
     });
-    let req = Request::post(g.url("/upload")).body(BodyExt::boxed(StreamBody::new(stream))).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(120), g.client(h2).request(req)).await.unwrap().unwrap();
+    let req = Request::post(g.url("/upload"))
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(120), g.client(h2).request(req))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let v = echo_json(&resp.into_body().collect().await.unwrap().to_bytes());
     assert_eq!(v["bytes"], CHUNKS * 65_536);
@@ -119,7 +139,15 @@ async fn streaming_post_of_a_large_body_h2() {
 #[tokio::test]
 async fn streaming_download_over_h2() {
     let (g, _b) = one_backend("").await;
-    let resp = g.client(true).request(Request::get(g.url("/download?bytes=33554432")).body(full("")).unwrap()).await.unwrap();
+    let resp = g
+        .client(true)
+        .request(
+            Request::get(g.url("/download?bytes=33554432"))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     let mut n = 0u64;
@@ -147,17 +175,30 @@ async fn hop_by_hop_removed_and_forwarding_headers_set() {
     assert_eq!(resp.status(), StatusCode::OK);
     let h = resp.headers().clone();
     // Response hop-by-hop headers from the backend are gone too.
-    assert!(h.get("x-hop-secret").is_none() && h.get("keep-alive").is_none(), "{h:?}");
+    assert!(
+        h.get("x-hop-secret").is_none() && h.get("keep-alive").is_none(),
+        "{h:?}"
+    );
     let v = echo_json(&resp.into_body().collect().await.unwrap().to_bytes());
     let hv = &v["headers"];
-    for gone in ["x-drop-me", "keep-alive", "te", "proxy-authorization", "connection", "transfer-encoding"] {
+    for gone in [
+        "x-drop-me",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "connection",
+        "transfer-encoding",
+    ] {
         assert!(hv.get(gone).is_none(), "{gone} reached the backend: {hv}");
     }
     assert_eq!(hv["x-keep"][0], "yes");
     // Appended to the client's list: client value, then the peer (loopback).
     assert_eq!(hv["x-forwarded-for"][0], "198.51.100.200, 127.0.0.1");
     assert_eq!(hv["x-forwarded-proto"][0], "https");
-    assert_eq!(hv["x-forwarded-host"][0], format!("localhost:{}", g.https.unwrap().port()));
+    assert_eq!(
+        hv["x-forwarded-host"][0],
+        format!("localhost:{}", g.https.unwrap().port())
+    );
     assert_eq!(hv["via"][0], "1.1 geolb");
     // geolb's own headers cannot be forged by the client.
     assert_eq!(hv["x-geolb-region"][0], "eu-central");
@@ -173,8 +214,14 @@ async fn websocket_echo_through_geolb() {
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     for i in 0..5 {
         let msg = format!("hello {i}");
-        ws.send(tokio_tungstenite::tungstenite::Message::text(msg.clone())).await.unwrap();
-        let back = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(msg.clone()))
+            .await
+            .unwrap();
+        let back = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(back.into_text().unwrap().as_str(), msg);
     }
     ws.close(None).await.unwrap();
@@ -202,7 +249,10 @@ async fn backend_that_hangs_is_504() {
 async fn oversized_headers_are_431() {
     let (g, _b) = one_backend("[limits]\nmax_header_bytes = 16384\n").await;
     let big = "x".repeat(20_000);
-    let req = Request::get(g.url("/")).header("x-big", big).body(full("")).unwrap();
+    let req = Request::get(g.url("/"))
+        .header("x-big", big)
+        .body(full(""))
+        .unwrap();
     let resp = g.client(false).request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
 }
@@ -210,7 +260,9 @@ async fn oversized_headers_are_431() {
 #[tokio::test]
 async fn oversized_body_is_413() {
     let (g, b) = one_backend("[limits]\nmax_body_bytes = 1000\n").await;
-    let req = Request::post(g.url("/upload")).body(full(vec![0u8; 5000])).unwrap();
+    let req = Request::post(g.url("/upload"))
+        .body(full(vec![0u8; 5000]))
+        .unwrap();
     let resp = g.client(false).request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(b.hits(), 0, "the backend never saw the oversized request");
@@ -219,7 +271,10 @@ async fn oversized_body_is_413() {
 #[tokio::test]
 async fn unknown_host_is_404() {
     let (g, _b) = one_backend("").await;
-    let req = Request::get(g.http_url("/")).header("host", "nowhere.example").body(full("")).unwrap();
+    let req = Request::get(g.http_url("/"))
+        .header("host", "nowhere.example")
+        .body(full(""))
+        .unwrap();
     let resp = plain_client().request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
@@ -227,12 +282,18 @@ async fn unknown_host_is_404() {
 #[tokio::test]
 async fn slow_client_is_cut_off_at_the_header_timeout() {
     let (g, b) = one_backend("[timeouts]\nrequest_header = \"500ms\"\n").await;
-    let mut s = tokio::net::TcpStream::connect(g.http.unwrap()).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ").await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(g.http.unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
     // Never finish the headers; geolb must close the connection.
     let mut buf = Vec::new();
     let started = std::time::Instant::now();
-    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.expect("geolb kept the slow connection open");
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("geolb kept the slow connection open");
     let text = String::from_utf8_lossy(&buf);
     assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(started.elapsed() < WAIT);
@@ -264,11 +325,17 @@ async fn plain_http_redirect_mode() {
         + &service_toml("app", &[&b], "")
         + "[[routes]]\nservice = \"app\"\n";
     let g = Geolb::start_raw(dir, certs, &cfg, false).await;
-    let req = Request::get(g.http_url("/a/b?c=d")).header("host", "localhost:1234").body(full("")).unwrap();
+    let req = Request::get(g.http_url("/a/b?c=d"))
+        .header("host", "localhost:1234")
+        .body(full(""))
+        .unwrap();
     let resp = plain_client().request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::PERMANENT_REDIRECT);
     let loc = resp.headers()["location"].to_str().unwrap();
-    assert_eq!(loc, format!("https://localhost:{}/a/b?c=d", g.https.unwrap().port()));
+    assert_eq!(
+        loc,
+        format!("https://localhost:{}/a/b?c=d", g.https.unwrap().port())
+    );
 }
 
 #[tokio::test]
@@ -280,7 +347,9 @@ async fn request_smuggling_attempts_are_rejected() {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
             s.write_all(raw).await.unwrap();
             let mut buf = Vec::new();
-            let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.expect("connection left open");
+            let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+                .await
+                .expect("connection left open");
             String::from_utf8_lossy(&buf).into_owned()
         }
     };
@@ -291,7 +360,11 @@ async fn request_smuggling_attempts_are_rejected() {
         &b"GET / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n"[..],
     ] {
         let text = exchange(raw).await;
-        assert!(text.starts_with("HTTP/1.1 400"), "{} -> {text}", String::from_utf8_lossy(raw));
+        assert!(
+            text.starts_with("HTTP/1.1 400"),
+            "{} -> {text}",
+            String::from_utf8_lossy(raw)
+        );
     }
     assert_eq!(b.hits(), 0, "nothing reached the backend");
     // CL + TE (RFC 9112 §6.3): chunked wins, the connection is closed after one response, so

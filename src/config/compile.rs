@@ -78,9 +78,15 @@ pub fn load(path: &Path, ctx: &CompileCtx<'_>) -> Result<Compiled, ConfigErrors>
 /// against its directory).
 pub fn compile_str(src: &str, path: &Path, ctx: &CompileCtx<'_>) -> Result<Compiled, ConfigErrors> {
     let loc = Locator::new(path, src);
-    let parsed: RoutesFile = toml::from_str(src).map_err(|e| ConfigErrors(vec![loc.from_toml(&e)]))?;
+    let parsed: RoutesFile =
+        toml::from_str(src).map_err(|e| ConfigErrors(vec![loc.from_toml(&e)]))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut c = Compiler { loc: &loc, errors: Vec::new(), base, ctx };
+    let mut c = Compiler {
+        loc: &loc,
+        errors: Vec::new(),
+        base,
+        ctx,
+    };
     let out = c.compile(&parsed);
     if c.errors.is_empty() {
         out.ok_or_else(|| ConfigErrors(vec![loc.error("", "invalid configuration")]))
@@ -106,7 +112,11 @@ impl Compiler<'_, '_> {
 
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { self.base.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
     }
 
     fn duration(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
@@ -123,7 +133,10 @@ impl Compiler<'_, '_> {
         match s.parse() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.err(path, format!("`{s}` is not an address like \"0.0.0.0:443\" or \"[::]:443\""));
+                self.err(
+                    path,
+                    format!("`{s}` is not an address like \"0.0.0.0:443\" or \"[::]:443\""),
+                );
                 None
             }
         }
@@ -140,7 +153,10 @@ impl Compiler<'_, '_> {
                     let idx = settings
                         .certificates
                         .iter()
-                        .position(|c| e.to_string().starts_with(&c.cert.display().to_string()) || e.to_string().starts_with(&c.key.display().to_string()))
+                        .position(|c| {
+                            e.to_string().starts_with(&c.cert.display().to_string())
+                                || e.to_string().starts_with(&c.key.display().to_string())
+                        })
                         .unwrap_or(0);
                     self.err(&format!("tls.certificates[{idx}]"), e.to_string());
                     None
@@ -148,15 +164,21 @@ impl Compiler<'_, '_> {
             }
         };
         if settings.https.is_some() && settings.certificates.is_empty() {
-            self.err("listeners.https", "an https listener needs at least one [[tls.certificates]]");
+            self.err(
+                "listeners.https",
+                "an https listener needs at least one [[tls.certificates]]",
+            );
         }
-        let geo = settings.geo_database.as_ref().and_then(|p| match GeoDb::open(p) {
-            Ok(db) => Some(Arc::new(db)),
-            Err(e) => {
-                self.err("geo.database", e.to_string());
-                None
-            }
-        });
+        let geo = settings
+            .geo_database
+            .as_ref()
+            .and_then(|p| match GeoDb::open(p) {
+                Ok(db) => Some(Arc::new(db)),
+                Err(e) => {
+                    self.err("geo.database", e.to_string());
+                    None
+                }
+            });
 
         // Regions.
         let mut regions = Vec::new();
@@ -165,7 +187,10 @@ impl Compiler<'_, '_> {
             let p = format!("regions.{name}");
             let [lat, lon] = r.location;
             if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
-                self.err(&format!("{p}.location"), "expected [latitude (-90..90), longitude (-180..180)]");
+                self.err(
+                    &format!("{p}.location"),
+                    "expected [latitude (-90..90), longitude (-180..180)]",
+                );
             }
             if !(-99..=99).contains(&r.bias) {
                 self.err(&format!("{p}.bias"), "bias must be between -99 and 99");
@@ -175,7 +200,13 @@ impl Compiler<'_, '_> {
                 HeaderValue::from_static("invalid")
             });
             region_idx.insert(name.as_str(), regions.len());
-            regions.push(Region { name: name.as_str().into(), lat, lon, bias: r.bias, header });
+            regions.push(Region {
+                name: name.as_str().into(),
+                lat,
+                lon,
+                bias: r.bias,
+                header,
+            });
         }
 
         // Services.
@@ -207,19 +238,32 @@ impl Compiler<'_, '_> {
                 if f.services.contains_key(&r.service) {
                     continue; // the service itself had errors, already reported
                 }
-                self.err(&format!("{p}.service"), format!("unknown service `{}`{hint}", r.service));
+                self.err(
+                    &format!("{p}.service"),
+                    format!("unknown service `{}`{hint}", r.service),
+                );
                 continue;
             };
             if !r.path_prefix.starts_with('/') {
                 self.err(&format!("{p}.path_prefix"), "must start with `/`");
             }
             let route_idx = routes.len();
-            let hosts: Vec<String> = if r.hosts.is_empty() { vec!["*".into()] } else { r.hosts.clone() };
+            let hosts: Vec<String> = if r.hosts.is_empty() {
+                vec!["*".into()]
+            } else {
+                r.hosts.clone()
+            };
             for (h, host) in hosts.iter().enumerate() {
                 let host = host.to_ascii_lowercase();
                 let hp = format!("{p}.hosts[{h}]");
                 if !seen.insert((host.clone(), r.path_prefix.clone())) {
-                    self.err(&hp, format!("`{host}` with path_prefix `{}` is already routed", r.path_prefix));
+                    self.err(
+                        &hp,
+                        format!(
+                            "`{host}` with path_prefix `{}` is already routed",
+                            r.path_prefix
+                        ),
+                    );
                     continue;
                 }
                 let entry = (Box::from(r.path_prefix.as_str()), route_idx);
@@ -229,15 +273,25 @@ impl Compiler<'_, '_> {
                     if !valid_host(suffix) {
                         self.err(&hp, format!("`{host}` is not a valid wildcard host"));
                     }
-                    wildcard.entry(format!(".{suffix}").into()).or_default().push(entry);
+                    wildcard
+                        .entry(format!(".{suffix}").into())
+                        .or_default()
+                        .push(entry);
                 } else if valid_host(&host) {
                     exact.entry(host.into()).or_default().push(entry);
                 } else {
-                    self.err(&hp, format!("`{host}` is not a valid host name (use `*.example.com` for wildcards)"));
+                    self.err(
+                        &hp,
+                        format!(
+                            "`{host}` is not a valid host name (use `*.example.com` for wildcards)"
+                        ),
+                    );
                 }
             }
             let svc_region_idx = |name: &str| {
-                svc.regions.iter().position(|sr| &*regions[sr.region].name == name)
+                svc.regions
+                    .iter()
+                    .position(|sr| &*regions[sr.region].name == name)
             };
             let mut default_order = Vec::new();
             if let Some(list) = &r.default_regions {
@@ -265,7 +319,10 @@ impl Compiler<'_, '_> {
                     }
                 }
                 if o.regions.is_empty() {
-                    self.err(&format!("{op}.regions"), "an override needs at least one region");
+                    self.err(
+                        &format!("{op}.regions"),
+                        "an override needs at least one region",
+                    );
                 }
                 let mut countries = Vec::new();
                 for (k, c) in o.countries.iter().enumerate() {
@@ -273,7 +330,10 @@ impl Compiler<'_, '_> {
                         [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
                             countries.push([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
                         }
-                        _ => self.err(&format!("{op}.countries[{k}]"), format!("`{c}` is not an ISO 3166 alpha-2 code")),
+                        _ => self.err(
+                            &format!("{op}.countries[{k}]"),
+                            format!("`{c}` is not an ISO 3166 alpha-2 code"),
+                        ),
                     }
                 }
                 let mut continents = Vec::new();
@@ -283,14 +343,19 @@ impl Compiler<'_, '_> {
                         let b = up.as_bytes();
                         continents.push([b[0], b[1]]);
                     } else {
-                        self.err(&format!("{op}.continents[{k}]"), format!("`{c}` is not one of {CONTINENTS:?}"));
+                        self.err(
+                            &format!("{op}.continents[{k}]"),
+                            format!("`{c}` is not one of {CONTINENTS:?}"),
+                        );
                     }
                 }
                 let mut cidrs = Vec::new();
                 for (k, c) in o.cidrs.iter().enumerate() {
                     match parse_net(c) {
                         Some(n) => cidrs.push(n),
-                        None => self.err(&format!("{op}.cidrs[{k}]"), format!("`{c}` is not a CIDR")),
+                        None => {
+                            self.err(&format!("{op}.cidrs[{k}]"), format!("`{c}` is not a CIDR"))
+                        }
                     }
                 }
                 if countries.is_empty() && continents.is_empty() && cidrs.is_empty() {
@@ -303,17 +368,22 @@ impl Compiler<'_, '_> {
                     order: order.into(),
                 });
             }
-            let name: Arc<str> = format!("{}{}", hosts[0].to_ascii_lowercase(), r.path_prefix).into();
+            let name: Arc<str> =
+                format!("{}{}", hosts[0].to_ascii_lowercase(), r.path_prefix).into();
             let label = metrics::SharedString::from_shared(name.clone());
             let mut route_metrics: Vec<_> = svc
                 .regions
                 .iter()
                 .map(|sr| {
-                    let region = metrics::SharedString::from_shared(regions[sr.region].name.clone());
+                    let region =
+                        metrics::SharedString::from_shared(regions[sr.region].name.clone());
                     crate::metrics::RouteRegionMetrics::new(&label, &region)
                 })
                 .collect();
-            route_metrics.push(crate::metrics::RouteRegionMetrics::new(&label, &"none".into()));
+            route_metrics.push(crate::metrics::RouteRegionMetrics::new(
+                &label,
+                &"none".into(),
+            ));
             routes.push(Route {
                 name,
                 metrics: route_metrics.into(),
@@ -326,7 +396,9 @@ impl Compiler<'_, '_> {
             self.err("routes", "no [[routes]] defined");
         }
         let finish = |m: HashMap<Box<str>, Vec<(Box<str>, usize)>>| {
-            m.into_iter().map(|(k, v)| (k, sort_prefixes(v))).collect::<HashMap<_, _>>()
+            m.into_iter()
+                .map(|(k, v)| (k, sort_prefixes(v)))
+                .collect::<HashMap<_, _>>()
         };
         let summary = Summary {
             routes: routes.len(),
@@ -342,41 +414,89 @@ impl Compiler<'_, '_> {
             regions: regions.into(),
             services: services.into_values().collect(),
         };
-        Some(Compiled { table, settings, certs, geo, client_keys, summary })
+        Some(Compiled {
+            table,
+            settings,
+            certs,
+            geo,
+            client_keys,
+            summary,
+        })
     }
 
     fn settings(&mut self, f: &RoutesFile) -> Settings {
         let l = &f.listeners;
-        let https = l.https.as_ref().and_then(|a| self.addr("listeners.https", a));
+        let https = l
+            .https
+            .as_ref()
+            .and_then(|a| self.addr("listeners.https", a));
         let http = l.http.as_ref().and_then(|h| {
-            self.addr("listeners.http.address", &h.address).map(|a| (a, h.mode))
+            self.addr("listeners.http.address", &h.address)
+                .map(|a| (a, h.mode))
         });
-        let admin = l.admin.as_ref().and_then(|a| self.addr("listeners.admin", a));
+        let admin = l
+            .admin
+            .as_ref()
+            .and_then(|a| self.addr("listeners.admin", a));
         if https.is_none() && http.is_none() && l.https.is_none() && l.http.is_none() {
-            self.err("listeners", "configure at least one of listeners.https and listeners.http");
+            self.err(
+                "listeners",
+                "configure at least one of listeners.https and listeners.http",
+            );
         }
         let t = &f.timeouts;
         let timeouts = Timeouts {
-            tls_handshake: self.duration("timeouts.tls_handshake", &t.tls_handshake, Duration::from_secs(10)),
-            request_header: self.duration("timeouts.request_header", &t.request_header, Duration::from_secs(10)),
-            keepalive_idle: self.duration("timeouts.keepalive_idle", &t.keepalive_idle, Duration::from_secs(60)),
-            upstream_connect: self.duration("timeouts.upstream_connect", &t.upstream_connect, Duration::from_secs(3)),
+            tls_handshake: self.duration(
+                "timeouts.tls_handshake",
+                &t.tls_handshake,
+                Duration::from_secs(10),
+            ),
+            request_header: self.duration(
+                "timeouts.request_header",
+                &t.request_header,
+                Duration::from_secs(10),
+            ),
+            keepalive_idle: self.duration(
+                "timeouts.keepalive_idle",
+                &t.keepalive_idle,
+                Duration::from_secs(60),
+            ),
+            upstream_connect: self.duration(
+                "timeouts.upstream_connect",
+                &t.upstream_connect,
+                Duration::from_secs(3),
+            ),
             upstream_response_header: self.duration(
                 "timeouts.upstream_response_header",
                 &t.upstream_response_header,
                 Duration::from_secs(60),
             ),
-            upstream_idle: self.duration("timeouts.upstream_idle", &t.upstream_idle, Duration::from_secs(90)),
+            upstream_idle: self.duration(
+                "timeouts.upstream_idle",
+                &t.upstream_idle,
+                Duration::from_secs(90),
+            ),
             request: Some(self.duration("timeouts.request", &t.request, Duration::ZERO))
                 .filter(|d| !d.is_zero()),
-            shutdown_drain: self.duration("timeouts.shutdown_drain", &t.shutdown_drain, Duration::from_secs(30)),
-            proxy_protocol: self.duration("timeouts.proxy_protocol", &t.proxy_protocol, Duration::from_secs(5)),
+            shutdown_drain: self.duration(
+                "timeouts.shutdown_drain",
+                &t.shutdown_drain,
+                Duration::from_secs(30),
+            ),
+            proxy_protocol: self.duration(
+                "timeouts.proxy_protocol",
+                &t.proxy_protocol,
+                Duration::from_secs(5),
+            ),
         };
         for (name, d) in [
             ("tls_handshake", timeouts.tls_handshake),
             ("request_header", timeouts.request_header),
             ("upstream_connect", timeouts.upstream_connect),
-            ("upstream_response_header", timeouts.upstream_response_header),
+            (
+                "upstream_response_header",
+                timeouts.upstream_response_header,
+            ),
         ] {
             if d.is_zero() {
                 self.err(&format!("timeouts.{name}"), "must be greater than zero");
@@ -385,7 +505,10 @@ impl Compiler<'_, '_> {
         let lim = &f.limits;
         let max_header_bytes = lim.max_header_bytes.unwrap_or(64 * 1024);
         if !(8192..=1 << 24).contains(&max_header_bytes) {
-            self.err("limits.max_header_bytes", "must be between 8192 and 16777216");
+            self.err(
+                "limits.max_header_bytes",
+                "must be between 8192 and 16777216",
+            );
         }
         let limits = Limits {
             max_header_bytes: max_header_bytes as usize,
@@ -402,7 +525,10 @@ impl Compiler<'_, '_> {
         for (i, n) in ci.trusted_proxies.iter().enumerate() {
             match parse_net(n) {
                 Some(net) => nets.push(net),
-                None => self.err(&format!("client_ip.trusted_proxies[{i}]"), format!("`{n}` is not an IP address or CIDR")),
+                None => self.err(
+                    &format!("client_ip.trusted_proxies[{i}]"),
+                    format!("`{n}` is not an IP address or CIDR"),
+                ),
             }
         }
         let ip_header = match ci.header.as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -421,7 +547,10 @@ impl Compiler<'_, '_> {
             for (j, n) in c.names.iter().enumerate() {
                 let bare = n.strip_prefix("*.").unwrap_or(n);
                 if !valid_host(&bare.to_ascii_lowercase()) {
-                    self.err(&format!("tls.certificates[{i}].names[{j}]"), format!("`{n}` is not a host name or `*.wildcard`"));
+                    self.err(
+                        &format!("tls.certificates[{i}].names[{j}]"),
+                        format!("`{n}` is not a host name or `*.wildcard`"),
+                    );
                 }
             }
             certificates.push(CertSpec {
@@ -432,7 +561,10 @@ impl Compiler<'_, '_> {
             });
         }
         if f.tls.certificates.iter().filter(|c| c.default).count() > 1 {
-            self.err("tls.certificates", "only one certificate may be `default = true`");
+            self.err(
+                "tls.certificates",
+                "only one certificate may be `default = true`",
+            );
         }
         let al = &f.access_log;
         Settings {
@@ -468,7 +600,10 @@ impl Compiler<'_, '_> {
         let p = format!("services.{name}");
         let errors_before = self.errors.len();
         if s.backends.is_empty() {
-            self.err(&format!("{p}.backends"), "a service needs at least one backend");
+            self.err(
+                &format!("{p}.backends"),
+                "a service needs at least one backend",
+            );
         }
         let mut backends = Vec::new();
         let mut regions: Vec<(usize, Vec<usize>)> = Vec::new();
@@ -484,7 +619,10 @@ impl Compiler<'_, '_> {
                     .min_by_key(|k| super::diag::edit_distance(&b.region, k))
                     .map(|k| format!(" (did you mean `{k}`?)"))
                     .unwrap_or_default();
-                self.err(&format!("{bp}.region"), format!("unknown region `{}`{hint}", b.region));
+                self.err(
+                    &format!("{bp}.region"),
+                    format!("unknown region `{}`{hint}", b.region),
+                );
                 continue;
             };
             let (scheme, authority, label) = match (&b.address, &b.url) {
@@ -502,10 +640,17 @@ impl Compiler<'_, '_> {
                             && uri.path() == "/" =>
                     {
                         let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
-                        (scheme, uri.authority().cloned().expect("checked"), u.clone())
+                        (
+                            scheme,
+                            uri.authority().cloned().expect("checked"),
+                            u.clone(),
+                        )
                     }
                     _ => {
-                        self.err(&format!("{bp}.url"), format!("`{u}` is not an http:// or https:// URL without a path"));
+                        self.err(
+                            &format!("{bp}.url"),
+                            format!("`{u}` is not an http:// or https:// URL without a path"),
+                        );
                         continue;
                     }
                 },
@@ -520,7 +665,11 @@ impl Compiler<'_, '_> {
             if b.weight > 10_000 {
                 self.err(&format!("{bp}.weight"), "weight must be 0..=10000");
             }
-            if scheme == Scheme::HTTPS { any_https = true } else { any_http = true }
+            if scheme == Scheme::HTTPS {
+                any_https = true
+            } else {
+                any_http = true
+            }
             let sr = match regions.iter().position(|(r, _)| *r == ridx) {
                 Some(x) => x,
                 None => {
@@ -529,7 +678,10 @@ impl Compiler<'_, '_> {
                 }
             };
             regions[sr].1.push(backends.len());
-            let health = self.ctx.health.get_or_create(&format!("{name}|{label}"), initial_up);
+            let health = self
+                .ctx
+                .health
+                .get_or_create(&format!("{name}|{label}"), initial_up);
             backends.push(Backend {
                 name: label.into(),
                 scheme,
@@ -540,7 +692,10 @@ impl Compiler<'_, '_> {
             });
         }
         if regions.len() > MAX_REGIONS {
-            self.err(&format!("{p}.backends"), format!("a service may span at most {MAX_REGIONS} regions"));
+            self.err(
+                &format!("{p}.backends"),
+                format!("a service may span at most {MAX_REGIONS} regions"),
+            );
         }
         let hash_key = match s.hash_key.as_deref() {
             None | Some("client_ip") => HashKey::ClientIp,
@@ -548,13 +703,19 @@ impl Compiler<'_, '_> {
                 Some(("header", h)) => match HeaderName::from_bytes(h.trim().as_bytes()) {
                     Ok(n) => HashKey::Header(n),
                     Err(_) => {
-                        self.err(&format!("{p}.hash_key"), format!("`{h}` is not a header name"));
+                        self.err(
+                            &format!("{p}.hash_key"),
+                            format!("`{h}` is not a header name"),
+                        );
                         HashKey::ClientIp
                     }
                 },
                 Some(("cookie", c)) if !c.trim().is_empty() => HashKey::Cookie(c.trim().into()),
                 _ => {
-                    self.err(&format!("{p}.hash_key"), "expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\"");
+                    self.err(
+                        &format!("{p}.hash_key"),
+                        "expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\"",
+                    );
                     HashKey::ClientIp
                 }
             },
@@ -564,24 +725,45 @@ impl Compiler<'_, '_> {
         let passive = PassivePolicy {
             consecutive_failures: pv.consecutive_failures.unwrap_or(5),
             on_5xx: pv.on_5xx.unwrap_or(false),
-            base_ejection_ms: self.duration(&format!("{p}.passive.base_ejection"), &pv.base_ejection, Duration::from_secs(30)).as_millis() as u64,
-            max_ejection_ms: self.duration(&format!("{p}.passive.max_ejection"), &pv.max_ejection, Duration::from_secs(300)).as_millis() as u64,
+            base_ejection_ms: self
+                .duration(
+                    &format!("{p}.passive.base_ejection"),
+                    &pv.base_ejection,
+                    Duration::from_secs(30),
+                )
+                .as_millis() as u64,
+            max_ejection_ms: self
+                .duration(
+                    &format!("{p}.passive.max_ejection"),
+                    &pv.max_ejection,
+                    Duration::from_secs(300),
+                )
+                .as_millis() as u64,
             max_ejection_percent: pv.max_ejection_percent.unwrap_or(50).min(100),
         };
         let sp = &s.spillover;
         let overprovisioning = sp.overprovisioning.unwrap_or(1.4);
         if !(1.0..=10.0).contains(&overprovisioning) {
-            self.err(&format!("{p}.spillover.overprovisioning"), "must be between 1.0 and 10.0");
+            self.err(
+                &format!("{p}.spillover.overprovisioning"),
+                "must be between 1.0 and 10.0",
+            );
         }
         let panic_threshold = sp.panic_threshold.unwrap_or(0.0);
         if !(0.0..=1.0).contains(&panic_threshold) {
-            self.err(&format!("{p}.spillover.panic_threshold"), "must be between 0.0 and 1.0");
+            self.err(
+                &format!("{p}.spillover.panic_threshold"),
+                "must be between 0.0 and 1.0",
+            );
         }
         let panic = match sp.panic.as_deref() {
             None | Some("fail_open") => PanicMode::FailOpen,
             Some("fail_closed") => PanicMode::FailClosed,
             Some(o) => {
-                self.err(&format!("{p}.spillover.panic"), format!("`{o}`: expected \"fail_open\" or \"fail_closed\""));
+                self.err(
+                    &format!("{p}.spillover.panic"),
+                    format!("`{o}`: expected \"fail_open\" or \"fail_closed\""),
+                );
                 PanicMode::FailOpen
             }
         };
@@ -589,18 +771,37 @@ impl Compiler<'_, '_> {
             overprovisioning,
             panic_threshold,
             panic,
-            failback_delay_ms: self.duration(&format!("{p}.spillover.failback_delay"), &sp.failback_delay, Duration::from_secs(30)).as_millis() as u64,
-            slow_start_ms: self.duration(&format!("{p}.spillover.slow_start"), &sp.slow_start, Duration::ZERO).as_millis() as u64,
+            failback_delay_ms: self
+                .duration(
+                    &format!("{p}.spillover.failback_delay"),
+                    &sp.failback_delay,
+                    Duration::from_secs(30),
+                )
+                .as_millis() as u64,
+            slow_start_ms: self
+                .duration(
+                    &format!("{p}.spillover.slow_start"),
+                    &sp.slow_start,
+                    Duration::ZERO,
+                )
+                .as_millis() as u64,
         };
         let retry = self.retry(&p, &s.retry);
         let ut = &s.upstream_tls;
         if ut.client_cert.is_some() != ut.client_key.is_some() {
-            self.err(&format!("{p}.upstream_tls"), "set both client_cert and client_key, or neither");
+            self.err(
+                &format!("{p}.upstream_tls"),
+                "set both client_cert and client_key, or neither",
+            );
         }
         let key = ClientKey {
             ca: ut.ca.as_deref().map(|c| self.path(c)),
             server_name: ut.server_name.clone(),
-            client_cert: ut.client_cert.as_deref().zip(ut.client_key.as_deref()).map(|(c, k)| (self.path(c), self.path(k))),
+            client_cert: ut
+                .client_cert
+                .as_deref()
+                .zip(ut.client_key.as_deref())
+                .map(|(c, k)| (self.path(c), self.path(k))),
             http2_prior_knowledge: s.http2 && any_http && !any_https,
             http2_alpn: s.http2,
             connect_timeout: settings.timeouts.upstream_connect,
@@ -608,7 +809,10 @@ impl Compiler<'_, '_> {
             max_idle: settings.limits.max_idle_upstream_per_host,
         };
         if s.http2 && any_http && any_https {
-            self.err(&format!("{p}.http2"), "http2 needs all backends https (ALPN) or all http (prior knowledge)");
+            self.err(
+                &format!("{p}.http2"),
+                "http2 needs all backends https (ALPN) or all http (prior knowledge)",
+            );
         }
         let client = match self.ctx.pool.client(&key) {
             Ok(c) => c,
@@ -660,38 +864,71 @@ impl Compiler<'_, '_> {
                     self.err(&format!("{hp}.path"), "must start with `/`");
                 }
                 let mut expect = Vec::new();
-                for (i, e) in h.expect.clone().unwrap_or_else(|| vec!["200-399".into()]).iter().enumerate() {
+                for (i, e) in h
+                    .expect
+                    .clone()
+                    .unwrap_or_else(|| vec!["200-399".into()])
+                    .iter()
+                    .enumerate()
+                {
                     let parsed = match e.split_once('-') {
                         Some((a, b)) => a.trim().parse().ok().zip(b.trim().parse().ok()),
                         None => e.trim().parse().ok().map(|x| (x, x)),
                     };
                     match parsed {
-                        Some((a, b)) if (100..=599).contains(&a) && a <= b && b <= 599 => expect.push((a, b)),
-                        _ => self.err(&format!("{hp}.expect[{i}]"), format!("`{e}` is not a status or range like \"200-399\"")),
+                        Some((a, b)) if (100..=599).contains(&a) && a <= b && b <= 599 => {
+                            expect.push((a, b))
+                        }
+                        _ => self.err(
+                            &format!("{hp}.expect[{i}]"),
+                            format!("`{e}` is not a status or range like \"200-399\""),
+                        ),
                     }
                 }
-                CheckKind::Http { method, path, host: h.host.clone(), expect }
+                CheckKind::Http {
+                    method,
+                    path,
+                    host: h.host.clone(),
+                    expect,
+                }
             }
             Some(o) => {
-                self.err(&format!("{hp}.kind"), format!("`{o}`: expected \"http\", \"tcp\" or \"none\""));
+                self.err(
+                    &format!("{hp}.kind"),
+                    format!("`{o}`: expected \"http\", \"tcp\" or \"none\""),
+                );
                 return None;
             }
         };
-        let interval = self.duration(&format!("{hp}.interval"), &h.interval, Duration::from_secs(2));
+        let interval = self.duration(
+            &format!("{hp}.interval"),
+            &h.interval,
+            Duration::from_secs(2),
+        );
         let spec = CheckSpec {
             kind,
             interval,
-            unhealthy_interval: self.duration(&format!("{hp}.unhealthy_interval"), &h.unhealthy_interval, interval.min(Duration::from_secs(1))),
+            unhealthy_interval: self.duration(
+                &format!("{hp}.unhealthy_interval"),
+                &h.unhealthy_interval,
+                interval.min(Duration::from_secs(1)),
+            ),
             timeout: self.duration(&format!("{hp}.timeout"), &h.timeout, Duration::from_secs(1)),
             rise: h.healthy.unwrap_or(2).max(1),
             fall: h.unhealthy.unwrap_or(3).max(1),
         };
         if spec.interval.is_zero() || spec.timeout.is_zero() || spec.unhealthy_interval.is_zero() {
-            self.err(&hp, "interval, unhealthy_interval and timeout must be greater than zero");
+            self.err(
+                &hp,
+                "interval, unhealthy_interval and timeout must be greater than zero",
+            );
         }
         if let Some(init) = &h.initial {
             if init != "healthy" && init != "unhealthy" {
-                self.err(&format!("{hp}.initial"), "expected \"healthy\" or \"unhealthy\"");
+                self.err(
+                    &format!("{hp}.initial"),
+                    "expected \"healthy\" or \"unhealthy\"",
+                );
             }
         }
         Some(spec)
@@ -700,7 +937,10 @@ impl Compiler<'_, '_> {
     fn retry(&mut self, p: &str, r: &file::RetryFile) -> RetryPolicy {
         let attempts = r.attempts.unwrap_or(3) as usize;
         if !(1..=MAX_ATTEMPTS).contains(&attempts) {
-            self.err(&format!("{p}.retry.attempts"), format!("must be 1..={MAX_ATTEMPTS}"));
+            self.err(
+                &format!("{p}.retry.attempts"),
+                format!("must be 1..={MAX_ATTEMPTS}"),
+            );
         }
         let mut pol = RetryPolicy {
             attempts: attempts.clamp(1, MAX_ATTEMPTS),
@@ -712,7 +952,10 @@ impl Compiler<'_, '_> {
             min_retries: r.min_retries.unwrap_or(3),
             buffer_bytes: r.buffer_bytes.unwrap_or(64 * 1024),
         };
-        let on = r.on.clone().unwrap_or_else(|| vec!["connect".into(), "reset".into(), "502".into(), "503".into()]);
+        let on = r
+            .on
+            .clone()
+            .unwrap_or_else(|| vec!["connect".into(), "reset".into(), "502".into(), "503".into()]);
         let mut statuses = Vec::new();
         for (i, o) in on.iter().enumerate() {
             match o.as_str() {
@@ -721,7 +964,10 @@ impl Compiler<'_, '_> {
                 "timeout" => pol.on_timeout = true,
                 s => match s.parse::<u16>() {
                     Ok(code) if (500..=599).contains(&code) => statuses.push(code),
-                    _ => self.err(&format!("{p}.retry.on[{i}]"), format!("`{s}`: expected connect, reset, timeout or a 5xx status")),
+                    _ => self.err(
+                        &format!("{p}.retry.on[{i}]"),
+                        format!("`{s}`: expected connect, reset, timeout or a 5xx status"),
+                    ),
                 },
             }
         }
@@ -746,7 +992,9 @@ fn build_region(region: usize, idx: Vec<usize>, backends: &[Backend]) -> Service
             for (c, w) in current.iter_mut().zip(&weights) {
                 *c += w;
             }
-            let best = (0..idx.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i))).unwrap_or(0);
+            let best = (0..idx.len())
+                .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+                .unwrap_or(0);
             current[best] -= total;
             rr.push(idx[best]);
         }
@@ -759,7 +1007,10 @@ fn build_region(region: usize, idx: Vec<usize>, backends: &[Backend]) -> Service
         let points = (backends[b].weight.max(1) as usize * 100).min(10_000);
         let base = crate::select::hash_bytes(backends[b].name.as_bytes());
         for k in 0..points {
-            ring.push((crate::select::mix(base ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)), b));
+            ring.push((
+                crate::select::mix(base ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                b,
+            ));
         }
     }
     ring.sort_unstable();
@@ -780,7 +1031,9 @@ fn sort_prefixes(mut v: Vec<(Box<str>, usize)>) -> Box<[(Box<str>, usize)]> {
 }
 
 fn parse_net(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>().ok().or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
 /// A DNS name or an IP literal; lowercase expected.
@@ -793,6 +1046,7 @@ fn valid_host(h: &str) -> bool {
         && h.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }

@@ -55,7 +55,10 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(src.len());
     let before = &src.as_bytes()[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
     let column = src[line_start..offset].chars().count() + 1;
     (line, column)
 }
@@ -69,12 +72,18 @@ pub struct Locator<'a> {
 
 impl<'a> Locator<'a> {
     pub fn new(file: &'a Path, src: &'a str) -> Self {
-        Locator { file, src, doc: Document::parse(src).ok() }
+        Locator {
+            file,
+            src,
+            doc: Document::parse(src).ok(),
+        }
     }
 
     /// An error at `path` (e.g. `services.shop.backends[1].region`).
     pub fn error(&self, path: &str, message: impl Into<String>) -> ConfigError {
-        let (line, column) = self.span_of(path).map_or((0, 0), |r| line_col(self.src, r.start));
+        let (line, column) = self
+            .span_of(path)
+            .map_or((0, 0), |r| line_col(self.src, r.start));
         ConfigError {
             file: self.file.to_path_buf(),
             line,
@@ -99,7 +108,13 @@ impl<'a> Locator<'a> {
         if let Some(hint) = unknown_field_hint(&message) {
             message.push_str(&hint);
         }
-        ConfigError { file: self.file.to_path_buf(), line, column, path, message }
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            path,
+            message,
+        }
     }
 
     fn span_of(&self, path: &str) -> Option<Range<usize>> {
@@ -131,7 +146,9 @@ impl<'a> Locator<'a> {
 
     /// The dotted path of the innermost key whose value contains `offset`.
     fn path_at(&self, offset: usize) -> String {
-        let Some(doc) = self.doc.as_ref() else { return String::new() };
+        let Some(doc) = self.doc.as_ref() else {
+            return String::new();
+        };
         let mut out = String::new();
         walk_table(doc.as_table(), offset, &mut out);
         out
@@ -156,10 +173,15 @@ enum Node<'a> {
 fn first_start(t: &dyn TableLike) -> Option<usize> {
     t.iter()
         .filter_map(|(k, v)| {
-            let key = t.get_key_value(k).and_then(|(key, _)| key.span()).map(|r| r.start);
+            let key = t
+                .get_key_value(k)
+                .and_then(|(key, _)| key.span())
+                .map(|r| r.start);
             let own = match v {
                 Item::Table(tab) => tab.span().map(|r| r.start).or_else(|| first_start(tab)),
-                Item::ArrayOfTables(a) => a.iter().filter_map(|tab| tab.span().map(|r| r.start)).min(),
+                Item::ArrayOfTables(a) => {
+                    a.iter().filter_map(|tab| tab.span().map(|r| r.start)).min()
+                }
                 other => item_span(other).map(|r| r.start),
             };
             match (key, own) {
@@ -183,20 +205,37 @@ fn walk_table(t: &dyn TableLike, offset: usize, out: &mut String) {
         }
     };
     for (k, v) in t.iter() {
-        let key_start = t.get_key_value(k).and_then(|(key, _)| key.span()).map(|r| r.start);
+        let key_start = t
+            .get_key_value(k)
+            .and_then(|(key, _)| key.span())
+            .map(|r| r.start);
         match v {
             Item::ArrayOfTables(arr) => {
                 for (i, tab) in arr.iter().enumerate() {
-                    consider(tab.span().map(|r| r.start), None, format!("{k}[{i}]"), Node::Table(tab));
+                    consider(
+                        tab.span().map(|r| r.start),
+                        None,
+                        format!("{k}[{i}]"),
+                        Node::Table(tab),
+                    );
                 }
             }
             Item::Table(tab) => {
-                let start = tab.span().map(|r| r.start).or_else(|| first_start(tab)).or(key_start);
+                let start = tab
+                    .span()
+                    .map(|r| r.start)
+                    .or_else(|| first_start(tab))
+                    .or(key_start);
                 consider(start, None, k.to_owned(), Node::Table(tab));
             }
             Item::Value(val) => {
                 let end = val.span().map(|r| r.end);
-                consider(key_start.or(val.span().map(|r| r.start)), end, k.to_owned(), Node::Value(val));
+                consider(
+                    key_start.or(val.span().map(|r| r.start)),
+                    end,
+                    k.to_owned(),
+                    Node::Value(val),
+                );
             }
             Item::None => {}
         }
@@ -253,7 +292,10 @@ fn split_path(path: &str) -> Vec<Seg<'_>> {
 }
 
 fn unknown_field_name(message: &str) -> Option<&str> {
-    message.strip_prefix("unknown field `")?.split_once('`').map(|(f, _)| f)
+    message
+        .strip_prefix("unknown field `")?
+        .split_once('`')
+        .map(|(f, _)| f)
 }
 
 /// Offset of `key` used as a key (`key =` after a line start, `{` or `,`) at or after `from`.
@@ -319,13 +361,19 @@ mod tests {
         assert_eq!((e.line, e.column), (7, 11));
         let e = loc.error("services.shop.backends[0].region", "x");
         assert_eq!(e.line, 3);
-        assert_eq!(e.to_string(), "r.toml:3:14: services.shop.backends[0].region: x");
+        assert_eq!(
+            e.to_string(),
+            "r.toml:3:14: services.shop.backends[0].region: x"
+        );
     }
 
     #[test]
     fn hint_suggests_nearest_key() {
         let m = "unknown field `hots`, expected one of `hosts`, `path_prefix`, `service`";
-        assert_eq!(unknown_field_hint(m).as_deref(), Some(" (did you mean `hosts`?)"));
+        assert_eq!(
+            unknown_field_hint(m).as_deref(),
+            Some(" (did you mean `hosts`?)")
+        );
         let m = "unknown field `zzzzzzzz`, expected one of `hosts`, `service`";
         assert_eq!(unknown_field_hint(m), None);
     }

@@ -8,7 +8,11 @@ use super::Compiled;
 pub fn diff(old: &Compiled, new: &Compiled) -> Vec<String> {
     let mut out = Vec::new();
     let routes = |c: &Compiled| -> BTreeMap<String, String> {
-        c.table.routes.iter().map(|r| (r.name.to_string(), r.service.name.to_string())).collect()
+        c.table
+            .routes
+            .iter()
+            .map(|r| (r.name.to_string(), r.service.name.to_string()))
+            .collect()
     };
     let backends = |c: &Compiled| -> BTreeMap<String, (String, u32)> {
         let mut m = BTreeMap::new();
@@ -20,7 +24,13 @@ pub fn diff(old: &Compiled, new: &Compiled) -> Vec<String> {
         }
         m
     };
-    let services = |c: &Compiled| -> Vec<String> { c.table.services.iter().map(|s| s.name.to_string()).collect() };
+    let services = |c: &Compiled| -> Vec<String> {
+        c.table
+            .services
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect()
+    };
     let (ro, rn) = (routes(old), routes(new));
     for (k, v) in &rn {
         match ro.get(k) {
@@ -43,9 +53,9 @@ pub fn diff(old: &Compiled, new: &Compiled) -> Vec<String> {
     for (k, (region, w)) in &bn {
         match bo.get(k) {
             None => out.push(format!("+ backend {k} (region {region}, weight {w})")),
-            Some((r0, w0)) if r0 != region || w0 != w => {
-                out.push(format!("~ backend {k}: region {r0} -> {region}, weight {w0} -> {w}"))
-            }
+            Some((r0, w0)) if r0 != region || w0 != w => out.push(format!(
+                "~ backend {k}: region {r0} -> {region}, weight {w0} -> {w}"
+            )),
             _ => {}
         }
     }

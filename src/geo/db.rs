@@ -68,14 +68,20 @@ pub struct GeoInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum GeoError {
     #[error("cannot read geo database {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid geo database {path}: {reason}")]
     Invalid { path: String, reason: String },
 }
 
 enum Source {
     Single(Reader<Vec<u8>>),
-    Split { v4: Reader<&'static [u8]>, v6: Reader<&'static [u8]> },
+    Split {
+        v4: Reader<&'static [u8]>,
+        v6: Reader<&'static [u8]>,
+    },
 }
 
 /// A loaded, verified database. Immutable; replaced whole on reload.
@@ -106,22 +112,32 @@ impl GeoDb {
             build_epoch: m.build_epoch,
             node_count: m.node_count + v4.metadata().node_count,
         };
-        Ok(GeoDb { source: Source::Split { v4, v6 }, info })
+        Ok(GeoDb {
+            source: Source::Split { v4, v6 },
+            info,
+        })
     }
 
     /// Load and check a database file: structure (`verify`), metadata and a sample lookup.
     pub fn open(path: &Path) -> Result<GeoDb, GeoError> {
         let p = path.display().to_string();
-        let bytes =
-            std::fs::read(path).map_err(|source| GeoError::Io { path: p.clone(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| GeoError::Io {
+            path: p.clone(),
+            source,
+        })?;
         Self::from_bytes(bytes, &p)
     }
 
     /// As [`GeoDb::open`], from bytes already in memory; `name` is used in messages.
     pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<GeoDb, GeoError> {
-        let invalid = |reason: String| GeoError::Invalid { path: name.to_owned(), reason };
+        let invalid = |reason: String| GeoError::Invalid {
+            path: name.to_owned(),
+            reason,
+        };
         let reader = Reader::from_source(bytes).map_err(|e| invalid(e.to_string()))?;
-        reader.verify().map_err(|e| invalid(format!("verification failed: {e}")))?;
+        reader
+            .verify()
+            .map_err(|e| invalid(format!("verification failed: {e}")))?;
         let m = &reader.metadata();
         if m.binary_format_major_version != 2 {
             return Err(invalid(format!(
@@ -137,15 +153,21 @@ impl GeoDb {
         } else {
             "192.0.2.1".parse().expect("literal")
         };
-        let res = reader.lookup(sample).map_err(|e| invalid(format!("sample lookup: {e}")))?;
-        res.decode::<Record<'_>>().map_err(|e| invalid(format!("sample decode: {e}")))?;
+        let res = reader
+            .lookup(sample)
+            .map_err(|e| invalid(format!("sample lookup: {e}")))?;
+        res.decode::<Record<'_>>()
+            .map_err(|e| invalid(format!("sample decode: {e}")))?;
         let info = GeoInfo {
             source: name.to_owned(),
             database_type: m.database_type.clone(),
             build_epoch: m.build_epoch,
             node_count: m.node_count,
         };
-        Ok(GeoDb { source: Source::Single(reader), info })
+        Ok(GeoDb {
+            source: Source::Single(reader),
+            info,
+        })
     }
 
     pub fn info(&self) -> &GeoInfo {
@@ -253,20 +275,29 @@ impl Record<'_> {
             .or_else(|| code2(self.country_code))
             .or_else(|| code2(self.registered_country.and_then(|c| c.iso_code)));
         let centroid = country.and_then(|c| centroids::centroid(&c));
-        let continent = code2(self.continent.and_then(|c| c.code))
-            .or_else(|| centroid.map(|c| c.continent));
+        let continent =
+            code2(self.continent.and_then(|c| c.code)).or_else(|| centroid.map(|c| c.continent));
         let coords = match self.location {
-            Some(LocRec { latitude: Some(la), longitude: Some(lo) }) => Some((la.0, lo.0)),
+            Some(LocRec {
+                latitude: Some(la),
+                longitude: Some(lo),
+            }) => Some((la.0, lo.0)),
             _ => match (self.latitude, self.longitude) {
                 (Some(la), Some(lo)) => Some((la.0, lo.0)),
                 _ => None,
             },
         }
-        .filter(|(la, lo)| la.is_finite() && lo.is_finite() && la.abs() <= 90.0 && lo.abs() <= 180.0);
+        .filter(|(la, lo)| {
+            la.is_finite() && lo.is_finite() && la.abs() <= 90.0 && lo.abs() <= 180.0
+        });
         match (coords, centroid) {
-            (Some((lat, lon)), _) => {
-                Some(Location { lat, lon, country, continent, source: LocSource::Record })
-            }
+            (Some((lat, lon)), _) => Some(Location {
+                lat,
+                lon,
+                country,
+                continent,
+                source: LocSource::Record,
+            }),
             (None, Some(c)) => Some(Location {
                 lat: c.lat,
                 lon: c.lon,

@@ -32,7 +32,12 @@ struct Target {
 
 impl Checker {
     /// Start probes for new backends, restart changed ones, stop removed ones.
-    pub fn reconcile(&mut self, table: &RoutingTable, tasks: &TaskTracker, parent: &CancellationToken) {
+    pub fn reconcile(
+        &mut self,
+        table: &RoutingTable,
+        tasks: &TaskTracker,
+        parent: &CancellationToken,
+    ) {
         let mut wanted: HashMap<String, (CheckSpec, Target)> = HashMap::new();
         for svc in table.services.iter() {
             let Some(spec) = &svc.check else { continue };
@@ -95,7 +100,11 @@ async fn probe_loop(spec: CheckSpec, t: Target, cancel: CancellationToken) {
                 tracing::warn!(service = %t.service, backend = %t.backend, "backend is unhealthy");
             }
         }
-        let base = if t.health.is_up() { spec.interval } else { spec.unhealthy_interval };
+        let base = if t.health.is_up() {
+            spec.interval
+        } else {
+            spec.unhealthy_interval
+        };
         wait = base.mul_f64(0.85 + 0.3 * rand_f64());
     }
 }
@@ -104,10 +113,20 @@ async fn probe(spec: &CheckSpec, t: &Target) -> bool {
     match &spec.kind {
         CheckKind::Tcp => {
             let addr = t.authority.as_str().to_owned();
-            matches!(tokio::time::timeout(spec.timeout, tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_)))
+            matches!(
+                tokio::time::timeout(spec.timeout, tokio::net::TcpStream::connect(addr)).await,
+                Ok(Ok(_))
+            )
         }
-        CheckKind::Http { method, path, host, expect } => {
-            let Ok(pq) = PathAndQuery::try_from(path.as_str()) else { return false };
+        CheckKind::Http {
+            method,
+            path,
+            host,
+            expect,
+        } => {
+            let Ok(pq) = PathAndQuery::try_from(path.as_str()) else {
+                return false;
+            };
             let Ok(uri) = Uri::builder()
                 .scheme(t.scheme.clone())
                 .authority(t.authority.clone())
@@ -137,4 +156,3 @@ async fn probe(spec: &CheckSpec, t: &Target) -> bool {
         }
     }
 }
-

@@ -128,7 +128,10 @@ impl BackendHealth {
             return false;
         }
         let k = self.ejections.fetch_add(1, Relaxed).min(16);
-        let dur = p.base_ejection_ms.saturating_mul(1 << k).min(p.max_ejection_ms.max(1));
+        let dur = p
+            .base_ejection_ms
+            .saturating_mul(1 << k)
+            .min(p.max_ejection_ms.max(1));
         self.ejected_until_ms.store(now + dur, Relaxed);
         self.passive_failures.store(0, Relaxed);
         self.transitions.fetch_add(1, Relaxed);

@@ -35,7 +35,10 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -46,6 +49,10 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
 /// Backend behaviour switch.
 pub const MODE_OK: u8 = 0;
 pub const MODE_503: u8 = 1;
+/// Health checks fail (503) but real requests are served.
+pub const MODE_HEALTH_FAIL: u8 = 2;
+/// Health checks alternate fail/pass, one per check; real requests are served.
+pub const MODE_FLAP: u8 = 3;
 
 /// A real HTTP/1.1 + h2c backend on 127.0.0.1 that can be stopped and restarted on its port.
 pub struct TestBackend {
@@ -84,6 +91,7 @@ impl TestBackend {
         let cancel = self.cancel.clone();
         let tasks = self.tasks.clone();
         let ctx = Arc::new(Ctx {
+            checks: AtomicU64::new(0),
             name: self.name.clone(),
             region: self.region.clone(),
             hits: self.hits.clone(),
@@ -100,7 +108,8 @@ impl TestBackend {
                 let cancel = cancel.clone();
                 tasks.spawn(async move {
                     let svc = service_fn(move |req| handle(req, ctx.clone()));
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     tokio::select! {
                         _ = conn => {}
@@ -140,12 +149,16 @@ async fn bind_retry(addr: SocketAddr) -> TcpListener {
         if s.bind(&addr.into()).is_ok() && s.listen(1024).is_ok() {
             return TcpListener::from_std(s.into()).unwrap();
         }
-        assert!(tokio::time::Instant::now() < deadline, "cannot rebind {addr}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cannot rebind {addr}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 struct Ctx {
+    checks: AtomicU64,
     name: String,
     region: String,
     hits: Arc<AtomicU64>,
@@ -164,7 +177,11 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Bo
     ctx.arrivals.send_modify(|n| *n += 1);
     let path = req.uri().path().to_owned();
     if path == "/healthz" {
-        let status = if ctx.mode.load(Ordering::Relaxed) == MODE_503 { 503 } else { 200 };
+        let status = match ctx.mode.load(Ordering::Relaxed) {
+            MODE_503 | MODE_HEALTH_FAIL => 503,
+            MODE_FLAP if ctx.checks.fetch_add(1, Ordering::Relaxed) % 2 == 0 => 503,
+            _ => 200,
+        };
         return Ok(status_resp(status, "health"));
     }
     ctx.hits.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +203,9 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Bo
             let mut body = req.into_body();
             let (mut n, mut sum) = (0u64, 0u64);
             while let Some(frame) = body.frame().await {
-                let Ok(frame) = frame else { return Ok(status_resp(400, "body error")) };
+                let Ok(frame) = frame else {
+                    return Ok(status_resp(400, "body error"));
+                };
                 if let Some(d) = frame.data_ref() {
                     for &b in d.iter() {
                         sum = sum.wrapping_mul(31).wrapping_add(u64::from(b));
@@ -206,16 +225,22 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Bo
                         return None;
                     }
                     let n = left.min(chunk.len() as u64);
-                    Some((Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))), left - n))
+                    Some((
+                        Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))),
+                        left - n,
+                    ))
                 }
             });
             let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-            r.headers_mut().insert("x-backend", ctx.name.parse().unwrap());
+            r.headers_mut()
+                .insert("x-backend", ctx.name.parse().unwrap());
             r
         }
         "/ws" => {
             let key = req.headers().get("sec-websocket-key").cloned();
-            let Some(key) = key else { return Ok(status_resp(400, "no key")) };
+            let Some(key) = key else {
+                return Ok(status_resp(400, "no key"));
+            };
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 let Ok(up) = on_upgrade.await else { return };
@@ -235,7 +260,8 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Bo
                     }
                 }
             });
-            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
             Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
                 .header("connection", "upgrade")
@@ -250,9 +276,11 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Bo
         }
         "/hop" => {
             let mut r = echo(&req, &ctx);
-            r.headers_mut().insert("connection", "x-hop-secret".parse().unwrap());
+            r.headers_mut()
+                .insert("connection", "x-hop-secret".parse().unwrap());
             r.headers_mut().insert("x-hop-secret", "1".parse().unwrap());
-            r.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+            r.headers_mut()
+                .insert("keep-alive", "timeout=5".parse().unwrap());
             r
         }
         _ => echo(&req, &ctx),
@@ -268,14 +296,18 @@ fn status_resp(code: u16, text: &'static str) -> Response<Body> {
 
 fn json(v: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(full(serde_json::to_vec(&v).unwrap()));
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r
 }
 
 fn echo(req: &Request<Incoming>, ctx: &Ctx) -> Response<Body> {
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in req.headers() {
-        headers.entry(k.to_string()).or_default().push(v.to_str().unwrap_or("").to_owned());
+        headers
+            .entry(k.to_string())
+            .or_default()
+            .push(v.to_str().unwrap_or("").to_owned());
     }
     let mut r = json(serde_json::json!({
         "backend": ctx.name,
@@ -285,7 +317,8 @@ fn echo(req: &Request<Incoming>, ctx: &Ctx) -> Response<Body> {
         "version": format!("{:?}", req.version()),
         "headers": headers,
     }));
-    r.headers_mut().insert("x-backend", ctx.name.parse().unwrap());
+    r.headers_mut()
+        .insert("x-backend", ctx.name.parse().unwrap());
     r
 }
 
@@ -306,7 +339,9 @@ impl TestCerts {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "geolb test CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "geolb test CA");
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let leaf = |names: Vec<String>, stem: &str| {
             let key = KeyPair::generate().unwrap();
@@ -316,10 +351,21 @@ impl TestCerts {
             std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
             std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
         };
-        leaf(vec!["localhost".into(), "127.0.0.1".into(), "a.geolb.test".into(), "*.geolb.test".into()], "a");
+        leaf(
+            vec![
+                "localhost".into(),
+                "127.0.0.1".into(),
+                "a.geolb.test".into(),
+                "*.geolb.test".into(),
+            ],
+            "a",
+        );
         leaf(vec!["b.other.test".into()], "b");
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        TestCerts { ca_der: ca.der().clone(), dir: dir.to_path_buf() }
+        TestCerts {
+            ca_der: ca.der().clone(),
+            dir: dir.to_path_buf(),
+        }
     }
 }
 
@@ -339,23 +385,81 @@ pub const IP_NOWHERE: &str = "233.252.0.1"; // not in the database
 pub fn write_city_mmdb(dir: &Path) -> PathBuf {
     use maxminddb::geoip2::{self, Names, city};
     use mmdb_writer::{Writer, ipnet::IpNet};
-    let rec = |cc: &'static str, cont: &'static str, name: &'static str, lat: f64, lon: f64| geoip2::City {
-        country: city::Country { iso_code: Some(cc), ..Default::default() },
-        continent: city::Continent { code: Some(cont), ..Default::default() },
-        city: city::City { names: Names { english: Some(name), ..Default::default() }, ..Default::default() },
-        location: city::Location { latitude: Some(lat), longitude: Some(lon), accuracy_radius: Some(20), ..Default::default() },
+    let rec = |cc: &'static str, cont: &'static str, name: &'static str, lat: f64, lon: f64| {
+        geoip2::City {
+            country: city::Country {
+                iso_code: Some(cc),
+                ..Default::default()
+            },
+            continent: city::Continent {
+                code: Some(cont),
+                ..Default::default()
+            },
+            city: city::City {
+                names: Names {
+                    english: Some(name),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            location: city::Location {
+                latitude: Some(lat),
+                longitude: Some(lon),
+                accuracy_radius: Some(20),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    };
+    let mut w = Writer::builder("GeoIP2-City")
+        .description(&[("en", "geolb test fixture")])
+        .build_epoch(std::time::UNIX_EPOCH)
+        .build();
+    let ins = |w: &mut Writer, net: &str, r: &geoip2::City| {
+        w.insert(net.parse::<IpNet>().unwrap(), r).unwrap()
+    };
+    ins(
+        &mut w,
+        "192.0.2.0/25",
+        &rec("DE", "EU", "Frankfurt", 50.11, 8.68),
+    );
+    ins(
+        &mut w,
+        "192.0.2.128/25",
+        &rec("DE", "EU", "Berlin", 52.52, 13.40),
+    );
+    ins(
+        &mut w,
+        "198.51.100.0/24",
+        &rec("SG", "AS", "Singapore", 1.29, 103.85),
+    );
+    ins(
+        &mut w,
+        "203.0.113.0/25",
+        &rec("JP", "AS", "Tokyo", 35.68, 139.75),
+    );
+    ins(
+        &mut w,
+        "203.0.113.128/25",
+        &rec("CN", "AS", "Shanghai", 31.23, 121.47),
+    );
+    ins(
+        &mut w,
+        "2001:db8:1::/48",
+        &rec("DE", "EU", "Frankfurt", 50.11, 8.68),
+    );
+    ins(
+        &mut w,
+        "2001:db8:2::/48",
+        &rec("SG", "AS", "Singapore", 1.29, 103.85),
+    );
+    let country_only = geoip2::City {
+        country: city::Country {
+            iso_code: Some("BR"),
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let mut w = Writer::builder("GeoIP2-City").description(&[("en", "geolb test fixture")]).build_epoch(std::time::UNIX_EPOCH).build();
-    let ins = |w: &mut Writer, net: &str, r: &geoip2::City| w.insert(net.parse::<IpNet>().unwrap(), r).unwrap();
-    ins(&mut w, "192.0.2.0/25", &rec("DE", "EU", "Frankfurt", 50.11, 8.68));
-    ins(&mut w, "192.0.2.128/25", &rec("DE", "EU", "Berlin", 52.52, 13.40));
-    ins(&mut w, "198.51.100.0/24", &rec("SG", "AS", "Singapore", 1.29, 103.85));
-    ins(&mut w, "203.0.113.0/25", &rec("JP", "AS", "Tokyo", 35.68, 139.75));
-    ins(&mut w, "203.0.113.128/25", &rec("CN", "AS", "Shanghai", 31.23, 121.47));
-    ins(&mut w, "2001:db8:1::/48", &rec("DE", "EU", "Frankfurt", 50.11, 8.68));
-    ins(&mut w, "2001:db8:2::/48", &rec("SG", "AS", "Singapore", 1.29, 103.85));
-    let country_only = geoip2::City { country: city::Country { iso_code: Some("BR"), ..Default::default() }, ..Default::default() };
     ins(&mut w, "100.64.0.0/16", &country_only);
     let path = dir.join("test-city.mmdb");
     std::fs::write(&path, w.to_bytes().unwrap()).unwrap();
@@ -432,15 +536,27 @@ impl Geolb {
         Self::start_raw(dir, certs, &text, true).await
     }
 
-    pub async fn start_raw(dir: tempfile::TempDir, certs: TestCerts, text: &str, watch: bool) -> Geolb {
-        let _ = tracing_subscriber::fmt().with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        ).with_test_writer().try_init();
+    pub async fn start_raw(
+        dir: tempfile::TempDir,
+        certs: TestCerts,
+        text: &str,
+        watch: bool,
+    ) -> Geolb {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let config = dir.path().join("routes.toml");
         std::fs::write(&config, text).unwrap();
-        let running = geolb::App::start(geolb::Options { config: config.clone(), watch })
-            .await
-            .unwrap_or_else(|e| panic!("geolb did not start: {e}"));
+        let running = geolb::App::start(geolb::Options {
+            config: config.clone(),
+            watch,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("geolb did not start: {e}"));
         Geolb {
             https: running.https,
             http: running.http,
@@ -466,23 +582,44 @@ impl Geolb {
     pub fn tls_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.certs.ca_der.clone()).unwrap();
-        let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         cfg
     }
 
     /// Open a TLS connection to the https listener with `sni`.
-    pub async fn tls_connect(&self, sni: &str, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
+    pub async fn tls_connect(
+        &self,
+        sni: &str,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
         let tcp = TcpStream::connect(self.https.unwrap()).await.unwrap();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(self.tls_config(alpn)));
-        connector.connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp).await.unwrap()
+        connector
+            .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+            .await
+            .unwrap()
     }
 
     /// A pooled HTTPS client (HTTP/1.1, or h2 when `h2`) for `https://localhost:PORT/…`.
-    pub fn client(&self, h2: bool) -> hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Body> {
+    pub fn client(
+        &self,
+        h2: bool,
+    ) -> hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Body,
+    > {
         let cfg = self.tls_config(&[]);
-        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg).https_only();
-        let conn = if h2 { b.enable_http2().build() } else { b.enable_http1().build() };
+        let b = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(cfg)
+            .https_only();
+        let conn = if h2 {
+            b.enable_http2().build()
+        } else {
+            b.enable_http1().build()
+        };
         let mut cb = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
         cb.http2_only(h2);
         cb.build(conn)
@@ -502,12 +639,17 @@ impl Geolb {
 }
 
 /// Plain HTTP/1.1 client (for the http listener and the admin API).
-pub fn plain_client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+pub fn plain_client()
+-> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// GET with an `X-Forwarded-For` client address; returns (status, headers, body).
-pub async fn get_as<C>(client: &hyper_util::client::legacy::Client<C, Body>, url: &str, xff: Option<&str>) -> (StatusCode, http::HeaderMap, Bytes)
+pub async fn get_as<C>(
+    client: &hyper_util::client::legacy::Client<C, Body>,
+    url: &str,
+    xff: Option<&str>,
+) -> (StatusCode, http::HeaderMap, Bytes)
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
@@ -515,16 +657,25 @@ where
     if let Some(ip) = xff {
         b = b.header("x-forwarded-for", ip);
     }
-    let resp = tokio::time::timeout(WAIT, client.request(b.body(full("")).unwrap())).await.expect("request timed out").expect("request failed");
+    let resp = tokio::time::timeout(WAIT, client.request(b.body(full("")).unwrap()))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     (status, headers, body)
 }
 
 /// Parse an echo body.
 pub fn echo_json(body: &Bytes) -> serde_json::Value {
-    serde_json::from_slice(body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)))
 }
 
 /// Fetch an admin path as text.
@@ -537,7 +688,10 @@ pub async fn admin_get(g: &Geolb, path: &str) -> (StatusCode, String) {
 pub fn service_toml(name: &str, backends: &[&TestBackend], extra: &str) -> String {
     let mut s = format!("[services.{name}]\n{extra}\nbackends = [\n");
     for b in backends {
-        s.push_str(&format!("  {{ region = \"{}\", address = \"{}\" }},\n", b.region, b.addr));
+        s.push_str(&format!(
+            "  {{ region = \"{}\", address = \"{}\" }},\n",
+            b.region, b.addr
+        ));
     }
     s.push_str("]\n");
     s

@@ -21,8 +21,12 @@ use crate::metrics::{BACKEND_EJECTED, BACKEND_INFLIGHT, BACKEND_UP, REGION_HEALT
 
 type AdminResp = Response<Full<Bytes>>;
 
-/// Serve the admin listener until hard shutdown.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Serve the admin listener until `stop` (moved) or hard shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     loop {
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a {
@@ -33,7 +37,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     continue;
                 }
             },
-            _ = shared.hard.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         let shared2 = shared.clone();
         let hard = shared.hard.clone();
@@ -105,7 +109,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn route(req: Request<Incoming>, shared: &Shared) -> AdminResp {
+async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminResp {
     let path = req.uri().path();
     let snap = shared.snapshot.load_full();
     if path != "/healthz" {
@@ -175,6 +179,10 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> AdminResp {
                 json_resp(StatusCode::OK, &v)
             }
         }
+        (&Method::GET, "/config") => json_resp(
+            StatusCode::OK,
+            &json!(crate::config::diff::ConfigView::of(&snap.table)),
+        ),
         (&Method::GET, "/explain") => {
             let q = req.uri().query().unwrap_or("");
             let Some(ip) = query(q, "ip").and_then(|s| s.parse::<IpAddr>().ok()) else {
@@ -200,7 +208,7 @@ async fn route(req: Request<Incoming>, shared: &Shared) -> AdminResp {
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "404 Not Found (geolb admin: /metrics /healthz /readyz /status /explain POST /reload)\n",
+            "404 Not Found (geolb admin: /metrics /healthz /readyz /status /explain /config POST /reload)\n",
         ),
     }
 }

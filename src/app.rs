@@ -2,10 +2,12 @@
 //! background tasks, reload and shutdown. `App::start` is what `main`, tests and benches call.
 
 use std::net::SocketAddr;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
 
 use arc_swap::ArcSwap;
 use hyper::upgrade::OnUpgrade;
@@ -42,6 +44,8 @@ pub struct Snapshot {
     pub tls: Option<TlsState>,
     pub generation: u64,
     pub summary: Summary,
+    /// Upstream pools this configuration uses (others are dropped on reload).
+    pub client_keys: Vec<crate::upstream::ClientKey>,
 }
 
 /// Result of the last reload attempt, for `/status`.
@@ -71,6 +75,7 @@ pub struct Shared {
     /// Background tasks (checkers, watcher, access log): outlive connection draining.
     pub background: TaskTracker,
     checker: Mutex<Checker>,
+    listeners: Mutex<Vec<ListenerSlot>>,
     /// Bound port of the https listener (redirect target); 443 when there is none.
     pub https_port: std::sync::atomic::AtomicU16,
     generation: AtomicU64,
@@ -100,7 +105,7 @@ impl Shared {
     }
 
     /// Read → parse → compile → swap. On error nothing changes and the error is recorded.
-    pub async fn reload(&self) -> Result<Summary, ConfigErrors> {
+    pub async fn reload(self: &Arc<Self>) -> Result<Summary, ConfigErrors> {
         let _guard = self.reload_lock.lock().await;
         let now = unix_now();
         let path = self.config_path.clone();
@@ -143,34 +148,136 @@ impl Shared {
         Ok(db)
     }
 
-    /// Publish a compiled configuration: checks listener compatibility, swaps, reconciles.
-    fn publish(&self, c: Compiled) -> Result<Summary, ConfigErrors> {
+    /// Publish a compiled configuration: bind moved listeners (before anything changes),
+    /// swap the snapshot, start the moved listeners and stop the old ones, reconcile checks.
+    fn publish(self: &Arc<Self>, c: Compiled) -> Result<Summary, ConfigErrors> {
         let old = self.snapshot.load_full();
-        let s = &c.settings;
-        if old.generation > 0
-            && (s.https != old.settings.https
-                || s.http != old.settings.http
-                || s.admin != old.settings.admin)
-        {
-            tracing::warn!("listener addresses changed; restart geolb to move listeners");
-        }
+        let moved = self
+            .bind_moved(&c.settings)
+            .map_err(|e| one_error(&self.config_path, e))?;
         let snap = build_snapshot(
             c,
             self.generation.fetch_add(1, Ordering::Relaxed) + 1,
             || self.embedded_geo(),
         )?;
         let summary = snap.summary;
+        let changes = crate::config::diff::diff(
+            &crate::config::diff::ConfigView::of(&old.table),
+            &crate::config::diff::ConfigView::of(&snap.table),
+        );
         tracing::info!(
             generation = snap.generation,
-            "configuration loaded: {summary}"
+            "configuration loaded: {summary}; changes: {}",
+            if changes.is_empty() {
+                "none to routes, services or backends".to_string()
+            } else {
+                changes.join("; ")
+            }
         );
         metrics::gauge!(CONFIG_GENERATION).set(snap.generation as f64);
+        let keys = snap.client_keys.clone();
         let snap = Arc::new(snap);
         self.snapshot.store(snap.clone());
+        self.start_listeners(moved);
         let mut checker = self.checker.lock().unwrap_or_else(|e| e.into_inner());
         checker.reconcile(&snap.table, &self.background, &self.hard);
+        self.pool.retain(&keys);
         Ok(summary)
     }
+
+    /// Bind every listener whose configured address differs from the running one.
+    /// All-or-nothing: on error the new sockets are dropped and nothing changes.
+    fn bind_moved(&self, s: &Settings) -> Result<Vec<Moved>, String> {
+        let slots = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (kind, want) in [
+            (ListenerKind::Https, s.https),
+            (ListenerKind::Http, s.http.map(|(a, _)| a)),
+            (ListenerKind::Admin, s.admin),
+        ] {
+            let current = slots.iter().find(|l| l.kind == kind).map(|l| l.configured);
+            if current == want {
+                continue;
+            }
+            let listener = match want {
+                Some(addr) => {
+                    Some(server::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?)
+                }
+                None => None,
+            };
+            out.push(Moved {
+                kind,
+                configured: want,
+                listener,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Start accept loops for newly bound listeners; stop the ones they replace (their open
+    /// connections carry on until they close or the drain).
+    fn start_listeners(self: &Arc<Self>, moved: Vec<Moved>) {
+        let mut slots = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for m in moved {
+            if let Some(pos) = slots.iter().position(|l| l.kind == m.kind) {
+                let old = slots.remove(pos);
+                tracing::info!(listener = m.kind.label(), address = %old.bound, "listener stopped (address changed)");
+                old.stop.cancel();
+            }
+            let (Some(configured), Some(listener)) = (m.configured, m.listener) else {
+                continue;
+            };
+            let bound = listener.local_addr().unwrap_or(configured);
+            let parent = if m.kind == ListenerKind::Admin {
+                &self.hard
+            } else {
+                &self.drain
+            };
+            let stop = parent.child_token();
+            if m.kind == ListenerKind::Https {
+                self.https_port.store(bound.port(), Ordering::Relaxed);
+            }
+            if m.kind == ListenerKind::Admin {
+                self.background
+                    .spawn(crate::admin::serve(listener, self.clone(), stop.clone()));
+            } else {
+                self.background.spawn(server::accept_loop(
+                    listener,
+                    m.kind,
+                    self.clone(),
+                    stop.clone(),
+                ));
+            }
+            tracing::info!(listener = m.kind.label(), address = %bound, "listening");
+            slots.push(ListenerSlot {
+                kind: m.kind,
+                configured,
+                bound,
+                stop,
+            });
+        }
+    }
+
+    /// The address a listener is bound to now.
+    pub fn bound(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        let slots = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        slots.iter().find(|l| l.kind == kind).map(|l| l.bound)
+    }
+}
+
+/// A running listener.
+struct ListenerSlot {
+    kind: ListenerKind,
+    configured: SocketAddr,
+    bound: SocketAddr,
+    stop: CancellationToken,
+}
+
+/// A listener to (re)start, or `None` to remove it.
+struct Moved {
+    kind: ListenerKind,
+    configured: Option<SocketAddr>,
+    listener: Option<TcpListener>,
 }
 
 fn build_snapshot(
@@ -191,6 +298,7 @@ fn build_snapshot(
         None => None,
     };
     Ok(Snapshot {
+        client_keys: c.client_keys,
         table: c.table,
         settings: c.settings,
         geo,
@@ -280,6 +388,7 @@ impl App {
             tasks: TaskTracker::new(),
             background,
             checker: Mutex::new(Checker::default()),
+            listeners: Mutex::new(Vec::new()),
             https_port: std::sync::atomic::AtomicU16::new(443),
             generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -293,38 +402,14 @@ impl App {
             checker.reconcile(&snap.table, &shared.background, &shared.hard);
             tracing::info!("configuration loaded: {}", snap.summary);
         }
-        let mut running = Running {
-            https: None,
-            http: None,
-            admin: None,
+        let moved = shared.bind_moved(&settings).map_err(StartError::Bind)?;
+        shared.start_listeners(moved);
+        let running = Running {
+            https: shared.bound(ListenerKind::Https),
+            http: shared.bound(ListenerKind::Http),
+            admin: shared.bound(ListenerKind::Admin),
             shared: shared.clone(),
         };
-        let bind = |a: SocketAddr| server::bind(a).map_err(|e| StartError::Bind(a, e));
-        if let Some(a) = settings.https {
-            let l = bind(a)?;
-            let bound = l.local_addr().map_err(|e| StartError::Bind(a, e))?;
-            shared.https_port.store(bound.port(), Ordering::Relaxed);
-            running.https = Some(bound);
-            shared
-                .background
-                .spawn(server::accept_loop(l, ListenerKind::Https, shared.clone()));
-        }
-        if let Some((a, mode)) = settings.http {
-            let l = bind(a)?;
-            running.http = Some(l.local_addr().map_err(|e| StartError::Bind(a, e))?);
-            shared.background.spawn(server::accept_loop(
-                l,
-                ListenerKind::Http(mode),
-                shared.clone(),
-            ));
-        }
-        if let Some(a) = settings.admin {
-            let l = bind(a)?;
-            running.admin = Some(l.local_addr().map_err(|e| StartError::Bind(a, e))?);
-            shared
-                .background
-                .spawn(crate::admin::serve(l, shared.clone()));
-        }
         if opts.watch {
             crate::reload::watch(shared.clone()).map_err(StartError::Watch)?;
         }
@@ -337,8 +422,8 @@ impl App {
 pub enum StartError {
     #[error("{0}")]
     Config(ConfigErrors),
-    #[error("cannot listen on {0}: {1}")]
-    Bind(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Bind(String),
     #[error("cannot watch the configuration: {0}")]
     Watch(String),
 }

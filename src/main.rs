@@ -29,9 +29,15 @@ enum Cmd {
     /// Validate a configuration file; print every error, exit 1 when invalid.
     Check {
         file: PathBuf,
-        /// Print what would change against the running instance's configuration file.
+        /// Also print what would change against the running instance (asks its admin listener).
         #[arg(long)]
-        diff: Option<PathBuf>,
+        diff: bool,
+        /// Admin address of the running instance; defaults to FILE's `listeners.admin`.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Bearer token for the admin listener.
+        #[arg(long, env = "GEOLB_ADMIN_TOKEN")]
+        token: Option<String>,
     },
     /// Start demo origins for two regions and geolb on conf/demo.toml.
     Demo,
@@ -58,7 +64,12 @@ fn init_tracing() {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Some(Cmd::Check { file, diff }) => std::process::exit(check(&file, diff.as_deref())),
+        Some(Cmd::Check {
+            file,
+            diff,
+            admin,
+            token,
+        }) => std::process::exit(check(&file, diff, admin, token.as_deref())),
         Some(Cmd::Explain { ip, host, path }) => explain(&cli.config, ip, &host, &path),
         Some(Cmd::Demo) => {
             init_tracing();
@@ -135,7 +146,7 @@ fn compile_offline(
     geolb::config::load(file, &ctx)
 }
 
-fn check(file: &std::path::Path, diff: Option<&std::path::Path>) -> i32 {
+fn check(file: &std::path::Path, diff: bool, admin: Option<String>, token: Option<&str>) -> i32 {
     let new = match compile_offline(file) {
         Ok(c) => c,
         Err(e) => {
@@ -145,23 +156,59 @@ fn check(file: &std::path::Path, diff: Option<&std::path::Path>) -> i32 {
         }
     };
     println!("{}: ok: {}", file.display(), new.summary);
-    if let Some(running) = diff {
-        match compile_offline(running) {
-            Ok(old) => {
-                for line in geolb::config::diff::diff(&old, &new) {
-                    println!("{line}");
-                }
-            }
-            Err(e) => {
-                eprintln!(
-                    "cannot read the running configuration {}:\n{e}",
-                    running.display()
-                );
-                return 1;
-            }
+    if !diff {
+        return 0;
+    }
+    let Some(admin) = admin.or_else(|| new.settings.admin.map(|a| a.to_string())) else {
+        eprintln!("--diff needs the running instance's admin address (--admin HOST:PORT)");
+        return 1;
+    };
+    let running = match fetch_running_view(&admin, token) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("cannot read the running configuration from http://{admin}/config: {e}");
+            return 1;
         }
+    };
+    let changes =
+        geolb::config::diff::diff(&running, &geolb::config::diff::ConfigView::of(&new.table));
+    if changes.is_empty() {
+        println!("no changes to routes, services or backends against the running instance");
+    }
+    for line in changes {
+        println!("{line}");
     }
     0
+}
+
+fn fetch_running_view(admin: &str, token: Option<&str>) -> Result<geolb::config::diff::ConfigView> {
+    use http_body_util::BodyExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let mut req = http::Request::get(format!("http://{admin}/config"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.request(req.body(http_body_util::Empty::new())?),
+        )
+        .await
+        .context("timed out")??;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(
+            status.is_success(),
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok(serde_json::from_slice(&body)?)
+    })
 }
 
 fn explain(config: &std::path::Path, ip: IpAddr, host: &str, path: &str) -> Result<()> {
@@ -177,6 +224,7 @@ fn explain(config: &std::path::Path, ip: IpAddr, host: &str, path: &str) -> Resu
         tls: None,
         generation: 0,
         summary: c.summary,
+        client_keys: c.client_keys,
     };
     let v = geolb::explain::explain(&snap, ip, host, path);
     println!("{}", serde_json::to_string_pretty(&v)?);

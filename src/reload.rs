@@ -1,24 +1,83 @@
 //! Watch the configuration file's directory (editors save by rename; Kubernetes swaps a
-//! symlink) and reload on change, debounced. SIGHUP and `POST /reload` share `Shared::reload`.
+//! symlink) and the directories of the certificates and geo database it names; reload on
+//! change, debounced. SIGHUP and `POST /reload` share `Shared::reload`.
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::app::Shared;
 
 /// Quiet period after the last event before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// Every file whose change should trigger a reload.
+fn watched_files(shared: &Shared) -> Vec<PathBuf> {
+    let snap = shared.snapshot.load();
+    let mut files = vec![shared.config_path.clone()];
+    for c in &snap.settings.certificates {
+        files.push(c.cert.clone());
+        files.push(c.key.clone());
+    }
+    files.extend(snap.settings.geo_database.clone());
+    files
+}
+
+/// What the files look like now: content of the config, size and mtime of the others.
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<(u64, Option<std::time::SystemTime>, Vec<u8>)>> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let meta = std::fs::metadata(f).ok()?;
+            let content = if i == 0 {
+                std::fs::read(f).ok()?
+            } else {
+                Vec::new()
+            };
+            Some((meta.len(), meta.modified().ok(), content))
+        })
+        .collect()
+}
+
+/// The directories to watch for `files`, including symlink targets' directories.
+fn dirs_of(files: &[PathBuf]) -> BTreeSet<PathBuf> {
+    let mut dirs = BTreeSet::new();
+    for f in files {
+        let parent = f
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        dirs.insert(parent);
+        if let Some(target_dir) = std::fs::canonicalize(f)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            dirs.insert(target_dir);
+        }
+    }
+    dirs
+}
+
+fn add_watches(w: &mut RecommendedWatcher, have: &mut BTreeSet<PathBuf>, want: BTreeSet<PathBuf>) {
+    for d in want {
+        if have.contains(&d) {
+            continue;
+        }
+        match w.watch(&d, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                have.insert(d);
+            }
+            Err(e) => tracing::warn!(dir = %d.display(), error = %e, "cannot watch directory"),
+        }
+    }
+}
+
 /// Start the watcher task; it ends on hard shutdown.
 pub fn watch(shared: Arc<Shared>) -> Result<(), String> {
-    let path = shared.config_path.clone();
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), PathBuf::from);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
@@ -29,27 +88,27 @@ pub fn watch(shared: Arc<Shared>) -> Result<(), String> {
             Err(e) => tracing::warn!(error = %e, "config watcher error"),
         })
         .map_err(|e| e.to_string())?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    // Also watch the file's symlink target directory, if any (ConfigMap `..data` swaps).
-    let target_dir = std::fs::canonicalize(&path)
-        .ok()
-        .and_then(|p| p.parent().map(PathBuf::from));
-    if let Some(t) = target_dir.filter(|t| *t != dir) {
-        let _ = watcher.watch(&t, RecursiveMode::NonRecursive);
+    let files = watched_files(&shared);
+    let config_dir = dirs_of(&files[..1]);
+    let mut watching = BTreeSet::new();
+    for d in &config_dir {
+        watcher
+            .watch(d, RecursiveMode::NonRecursive)
+            .map_err(|e| format!("{}: {e}", d.display()))?;
+        watching.insert(d.clone());
     }
+    add_watches(&mut watcher, &mut watching, dirs_of(&files));
     let hard = shared.hard.clone();
     let sh = shared.clone();
     shared.background.spawn(async move {
-        let _watcher = watcher; // keep alive for the task's lifetime
-        let mut last = std::fs::read(&sh.config_path).ok();
+        let mut watcher = watcher;
+        let mut files = files;
+        let mut last = fingerprint(&files);
         loop {
             tokio::select! {
                 ev = rx.recv() => if ev.is_none() { return },
                 _ = hard.cancelled() => return,
             }
-            // Debounce: wait for a quiet period.
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(DEBOUNCE) => break,
@@ -57,13 +116,15 @@ pub fn watch(shared: Arc<Shared>) -> Result<(), String> {
                     _ = hard.cancelled() => return,
                 }
             }
-            let now = std::fs::read(&sh.config_path).ok();
-            if now.is_none() || now == last {
-                continue; // unrelated file in the directory, or a half-written rename
+            let now = fingerprint(&files);
+            if now[0].is_none() || now == last {
+                continue; // unrelated file, or the config is mid-replacement
             }
-            last = now;
-            tracing::info!(path = %sh.config_path.display(), "configuration changed; reloading");
+            tracing::info!(path = %sh.config_path.display(), "configuration files changed; reloading");
             let _ = sh.reload().await;
+            files = watched_files(&sh);
+            add_watches(&mut watcher, &mut watching, dirs_of(&files));
+            last = fingerprint(&files);
         }
     });
     Ok(())

@@ -25,14 +25,17 @@ use crate::proxy::{self, ConnInfo, TlsConnInfo};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerKind {
     Https,
-    Http(HttpMode),
+    /// Plain HTTP; serves or redirects per the live `listeners.http.mode`.
+    Http,
+    Admin,
 }
 
 impl ListenerKind {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             ListenerKind::Https => "https",
-            ListenerKind::Http(_) => "http",
+            ListenerKind::Http => "http",
+            ListenerKind::Admin => "admin",
         }
     }
 }
@@ -55,8 +58,13 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-/// Accept until `shared.drain` fires.
-pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Shared>) {
+/// Accept until `stop` fires (shutdown, or the listener moved to another address).
+pub async fn accept_loop(
+    listener: TcpListener,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let max = shared.snapshot.load().settings.limits.max_connections;
     let permits = Arc::new(Semaphore::new(max));
     let label = kind.label();
@@ -65,11 +73,11 @@ pub async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shared.drain.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shared.drain.cancelled() => return,
+            _ = stop.cancelled() => return,
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -166,7 +174,9 @@ async fn serve_conn(
             let h2_only = alpn == "h2";
             serve_http(tls_stream, info, shared, snap, h2_only, None).await;
         }
-        ListenerKind::Http(mode) => {
+        ListenerKind::Admin => {}
+        ListenerKind::Http => {
+            let mode = settings.http.map_or(HttpMode::Serve, |(_, m)| m);
             let info = ConnInfo {
                 peer,
                 source,

@@ -1,57 +1,71 @@
-//! What changes between two compiled configurations (for `geolb check --diff` and reload logs).
+//! What changes between two configurations (for `geolb check --diff`, `/config` and the
+//! one-line reload log).
 
 use std::collections::BTreeMap;
 
-use super::Compiled;
+use serde::{Deserialize, Serialize};
 
-/// Human-readable lines: `+ route …`, `- backend …`, `~ backend … weight 1 -> 2`.
-pub fn diff(old: &Compiled, new: &Compiled) -> Vec<String> {
-    let mut out = Vec::new();
-    let routes = |c: &Compiled| -> BTreeMap<String, String> {
-        c.table
-            .routes
-            .iter()
-            .map(|r| (r.name.to_string(), r.service.name.to_string()))
-            .collect()
-    };
-    let backends = |c: &Compiled| -> BTreeMap<String, (String, u32)> {
-        let mut m = BTreeMap::new();
-        for s in c.table.services.iter() {
+use crate::routing::RoutingTable;
+
+/// The parts of a configuration an operator diffs: routes, services and backends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigView {
+    /// route name → service
+    pub routes: BTreeMap<String, String>,
+    /// service → load-balancing policy
+    pub services: BTreeMap<String, String>,
+    /// `service/backend` → (region, weight)
+    pub backends: BTreeMap<String, (String, u32)>,
+}
+
+impl ConfigView {
+    pub fn of(t: &RoutingTable) -> ConfigView {
+        let mut v = ConfigView::default();
+        for r in t.routes.iter() {
+            v.routes
+                .insert(r.name.to_string(), r.service.name.to_string());
+        }
+        for s in t.services.iter() {
+            v.services.insert(s.name.to_string(), format!("{:?}", s.lb));
             for b in s.backends.iter() {
-                let region = c.table.regions[s.regions[b.region].region].name.to_string();
-                m.insert(format!("{}/{}", s.name, b.name), (region, b.weight));
+                let region = t.regions[s.regions[b.region].region].name.to_string();
+                v.backends
+                    .insert(format!("{}/{}", s.name, b.name), (region, b.weight));
             }
         }
-        m
-    };
-    let services = |c: &Compiled| -> Vec<String> {
-        c.table
-            .services
-            .iter()
-            .map(|s| s.name.to_string())
-            .collect()
-    };
-    let (ro, rn) = (routes(old), routes(new));
-    for (k, v) in &rn {
-        match ro.get(k) {
+        v
+    }
+}
+
+/// Human-readable lines: `+ route …`, `- backend …`, `~ backend … weight 1 -> 2`.
+pub fn diff(old: &ConfigView, new: &ConfigView) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in &new.routes {
+        match old.routes.get(k) {
             None => out.push(format!("+ route {k} -> {v}")),
             Some(o) if o != v => out.push(format!("~ route {k}: service {o} -> {v}")),
             _ => {}
         }
     }
-    for k in ro.keys().filter(|k| !rn.contains_key(*k)) {
+    for k in old.routes.keys().filter(|k| !new.routes.contains_key(*k)) {
         out.push(format!("- route {k}"));
     }
-    let (so, sn) = (services(old), services(new));
-    for s in sn.iter().filter(|s| !so.contains(s)) {
-        out.push(format!("+ service {s}"));
+    for (k, v) in &new.services {
+        match old.services.get(k) {
+            None => out.push(format!("+ service {k} ({v})")),
+            Some(o) if o != v => out.push(format!("~ service {k}: lb {o} -> {v}")),
+            _ => {}
+        }
     }
-    for s in so.iter().filter(|s| !sn.contains(s)) {
-        out.push(format!("- service {s}"));
+    for k in old
+        .services
+        .keys()
+        .filter(|k| !new.services.contains_key(*k))
+    {
+        out.push(format!("- service {k}"));
     }
-    let (bo, bn) = (backends(old), backends(new));
-    for (k, (region, w)) in &bn {
-        match bo.get(k) {
+    for (k, (region, w)) in &new.backends {
+        match old.backends.get(k) {
             None => out.push(format!("+ backend {k} (region {region}, weight {w})")),
             Some((r0, w0)) if r0 != region || w0 != w => out.push(format!(
                 "~ backend {k}: region {r0} -> {region}, weight {w0} -> {w}"
@@ -59,11 +73,43 @@ pub fn diff(old: &Compiled, new: &Compiled) -> Vec<String> {
             _ => {}
         }
     }
-    for k in bo.keys().filter(|k| !bn.contains_key(*k)) {
+    for k in old
+        .backends
+        .keys()
+        .filter(|k| !new.backends.contains_key(*k))
+    {
         out.push(format!("- backend {k}"));
     }
-    if out.is_empty() {
-        out.push("no changes to routes, services or backends".into());
-    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_additions_removals_and_changes() {
+        let mut a = ConfigView::default();
+        a.routes.insert("x/".into(), "app".into());
+        a.services.insert("app".into(), "LeastRequest".into());
+        a.backends
+            .insert("app/10.0.0.1:80".into(), ("eu".into(), 1));
+        a.backends
+            .insert("app/10.0.0.2:80".into(), ("eu".into(), 1));
+        let mut b = a.clone();
+        b.routes.insert("y/".into(), "app".into());
+        b.backends.remove("app/10.0.0.2:80");
+        b.backends
+            .insert("app/10.0.0.1:80".into(), ("eu".into(), 3));
+        let d = diff(&a, &b);
+        assert_eq!(
+            d,
+            vec![
+                "+ route y/ -> app".to_string(),
+                "~ backend app/10.0.0.1:80: region eu -> eu, weight 1 -> 3".into(),
+                "- backend app/10.0.0.2:80".into(),
+            ]
+        );
+        assert!(diff(&a, &a).is_empty());
+    }
 }

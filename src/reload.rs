@@ -100,10 +100,11 @@ pub fn watch(shared: Arc<Shared>) -> Result<(), String> {
     add_watches(&mut watcher, &mut watching, dirs_of(&files));
     let hard = shared.hard.clone();
     let sh = shared.clone();
+    // Taken now, not in the task: a change made right after start must not be missed.
+    let mut last = fingerprint(&files);
     shared.background.spawn(async move {
         let mut watcher = watcher;
         let mut files = files;
-        let mut last = fingerprint(&files);
         loop {
             tokio::select! {
                 ev = rx.recv() => if ev.is_none() { return },

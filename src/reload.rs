@@ -26,8 +26,11 @@ fn watched_files(shared: &Shared) -> Vec<PathBuf> {
     files
 }
 
-/// What the files look like now: content of the config, size and mtime of the others.
-fn fingerprint(files: &[PathBuf]) -> Vec<Option<(u64, Option<std::time::SystemTime>, Vec<u8>)>> {
+/// A file's state: size, modification time, and (for the config itself) its content.
+type FileState = Option<(u64, Option<std::time::SystemTime>, Vec<u8>)>;
+
+/// What the files look like now.
+fn fingerprint(files: &[PathBuf]) -> Vec<FileState> {
     files
         .iter()
         .enumerate()

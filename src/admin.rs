@@ -17,7 +17,10 @@ use tokio::net::TcpListener;
 use crate::app::{Shared, unix_now};
 use crate::explain;
 use crate::health::now_ms;
-use crate::metrics::{BACKEND_EJECTED, BACKEND_INFLIGHT, BACKEND_UP, REGION_HEALTH};
+use crate::metrics::{
+    BACKEND_EJECTED, BACKEND_INFLIGHT, BACKEND_UP, REGION_HEALTH, REGION_STATE,
+    REGION_TRAFFIC_SHARE,
+};
 
 type AdminResp = Response<Full<Bytes>>;
 
@@ -151,7 +154,7 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminResp {
         }
         (&Method::GET, "/metrics") => {
             update_gauges(&snap);
-            let handle = crate::metrics::install();
+            let handle = crate::metrics::handle();
             handle.run_upkeep();
             text(StatusCode::OK, "text/plain; version=0.0.4", handle.render())
         }
@@ -163,6 +166,7 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminResp {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             v["reload"] = json!(reload);
+            v["events"] = json!(shared.events.recent());
             v["time"] = json!(unix_now());
             let wants_html = req
                 .headers()
@@ -226,6 +230,19 @@ fn update_gauges(snap: &crate::app::Snapshot) {
             let region = SharedString::from_shared(snap.table.regions[r.region].name.clone());
             metrics::gauge!(REGION_HEALTH, "service" => s.clone(), "region" => region.clone())
                 .set(crate::select::region_health(svc, sr, now));
+            let state = crate::explain::region_state(svc, sr, now);
+            for st in ["healthy", "spilling", "recovering", "down"] {
+                metrics::gauge!(REGION_STATE, "service" => s.clone(), "region" => region.clone(), "state" => st)
+                    .set(if st == state { 1.0 } else { 0.0 });
+            }
+            let total: u64 = svc
+                .regions
+                .iter()
+                .map(|x| x.served.load(std::sync::atomic::Ordering::Relaxed))
+                .sum();
+            let served = r.served.load(std::sync::atomic::Ordering::Relaxed);
+            metrics::gauge!(REGION_TRAFFIC_SHARE, "service" => s.clone(), "region" => region.clone())
+                .set(if total > 0 { served as f64 / total as f64 } else { 0.0 });
             for &b in r.backends.iter() {
                 let be = &svc.backends[b];
                 let labels = [

@@ -75,6 +75,10 @@ pub struct Shared {
     /// Background tasks (checkers, watcher, access log): outlive connection draining.
     pub background: TaskTracker,
     checker: Mutex<Checker>,
+    /// Recent state changes, for `/status`.
+    pub events: Arc<crate::events::EventLog>,
+    /// Requests by client country (bounded labels).
+    pub countries: crate::metrics::CountryCounters,
     listeners: Mutex<Vec<ListenerSlot>>,
     /// Bound port of the https listener (redirect target); 443 when there is none.
     pub https_port: std::sync::atomic::AtomicU16,
@@ -120,6 +124,8 @@ impl Shared {
         st.last_attempt = Some(now);
         match result.and_then(|c| self.publish(c)) {
             Ok(summary) => {
+                self.events
+                    .push(format!("configuration reloaded: {summary}"));
                 st.last_result = Some("ok");
                 st.last_error = None;
                 st.last_success = Some(now);
@@ -129,6 +135,8 @@ impl Shared {
             }
             Err(e) => {
                 tracing::error!("configuration rejected, still serving the previous one:\n{e}");
+                self.events
+                    .push(format!("configuration rejected: {} error(s)", e.0.len()));
                 st.last_result = Some("error");
                 st.last_error = Some(e.to_string());
                 metrics::counter!(CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
@@ -308,6 +316,27 @@ fn build_snapshot(
     })
 }
 
+/// `[metrics] buckets` read ahead of the full load: histograms need them before any handle
+/// is created. Invalid values are reported by the full compile.
+fn preparse_buckets(path: &Path) -> Vec<f64> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    table
+        .get("metrics")
+        .and_then(|m| m.get("buckets"))
+        .and_then(|b| b.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn one_error(file: &Path, message: String) -> ConfigErrors {
     ConfigErrors(vec![config::ConfigError {
         file: file.to_path_buf(),
@@ -347,7 +376,8 @@ impl App {
     /// Load the configuration (errors are returned, nothing starts), bind every listener,
     /// start health checks and (optionally) the file watcher.
     pub async fn start(opts: Options) -> Result<Running, StartError> {
-        crate::metrics::install();
+        crate::metrics::install(&preparse_buckets(&opts.config));
+        let events = Arc::new(crate::events::EventLog::default());
         let health = HealthRegistry::default();
         let pool = UpstreamPool::default();
         let compiled = {
@@ -387,7 +417,9 @@ impl App {
             hard,
             tasks: TaskTracker::new(),
             background,
-            checker: Mutex::new(Checker::default()),
+            checker: Mutex::new(Checker::new(events.clone())),
+            events,
+            countries: crate::metrics::CountryCounters::new(),
             listeners: Mutex::new(Vec::new()),
             https_port: std::sync::atomic::AtomicU16::new(443),
             generation: AtomicU64::new(1),

@@ -171,6 +171,8 @@ pub enum RespBody {
     Upstream {
         inner: Incoming,
         guard: Option<InflightGuard>,
+        /// The connection's activity count; released with the body.
+        activity: Option<crate::proxy::ActivityGuard>,
     },
 }
 
@@ -194,10 +196,15 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespBody::Upstream { inner, guard } => {
+            RespBody::Upstream {
+                inner,
+                guard,
+                activity,
+            } => {
                 let r = Pin::new(inner).poll_frame(cx);
                 if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
                     guard.take();
+                    activity.take();
                 }
                 r
             }

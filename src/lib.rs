@@ -11,6 +11,7 @@ pub mod body;
 pub mod client_ip;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod explain;
 pub mod geo;
 pub mod headers;

@@ -27,6 +27,14 @@ pub const CONFIG_GENERATION: &str = "geolb_config_generation";
 pub const CONFIG_RELOADS_TOTAL: &str = "geolb_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "geolb_config_last_reload_success_timestamp_seconds";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "geolb_access_log_dropped_total";
+pub const REGION_STATE: &str = "geolb_region_state";
+pub const REGION_TRAFFIC_SHARE: &str = "geolb_region_traffic_share";
+pub const GEO_COUNTRY_REQUESTS_TOTAL: &str = "geolb_geo_country_requests_total";
+pub const REQUESTS_ACTIVE: &str = "geolb_requests_active";
+
+/// Countries that get their own label in `geolb_geo_country_requests_total`; the rest are
+/// counted as `other` (first come, first labelled; bounded cardinality).
+pub const TOP_COUNTRIES: usize = 50;
 
 /// Default latency buckets, seconds: 1 ms … 10 s.
 pub const DEFAULT_BUCKETS: &[f64] = &[
@@ -35,12 +43,27 @@ pub const DEFAULT_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Install the process-wide recorder once (later calls return the same handle).
-pub fn install() -> &'static PrometheusHandle {
+/// The recorder's handle (installing it with the default buckets if needed).
+pub fn handle() -> &'static PrometheusHandle {
+    install(DEFAULT_BUCKETS)
+}
+
+/// Install the process-wide recorder once with `buckets` (seconds) for every histogram;
+/// later calls return the same handle and ignore their buckets.
+pub fn install(buckets: &[f64]) -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
+        let buckets = if buckets.is_empty() {
+            DEFAULT_BUCKETS
+        } else {
+            buckets
+        };
         let recorder = PrometheusBuilder::new()
-            .set_buckets(DEFAULT_BUCKETS)
-            .expect("static buckets are valid")
+            .set_buckets(buckets)
+            .unwrap_or_else(|_| {
+                PrometheusBuilder::new()
+                    .set_buckets(DEFAULT_BUCKETS)
+                    .expect("static buckets are valid")
+            })
             .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
@@ -196,4 +219,51 @@ pub fn upstream_error(
         "kind" => kind.code()
     )
     .increment(1);
+}
+
+/// Per-country request counters with bounded cardinality.
+pub struct CountryCounters {
+    slots: Vec<OnceLock<Option<Counter>>>,
+    labelled: std::sync::atomic::AtomicUsize,
+    other: Counter,
+    unknown: Counter,
+}
+
+impl CountryCounters {
+    pub fn new() -> Self {
+        CountryCounters {
+            slots: (0..crate::geo::centroids::CENTROIDS.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+            labelled: std::sync::atomic::AtomicUsize::new(0),
+            other: counter!(GEO_COUNTRY_REQUESTS_TOTAL, "country" => "other"),
+            unknown: counter!(GEO_COUNTRY_REQUESTS_TOTAL, "country" => "unknown"),
+        }
+    }
+
+    /// Count one request from `country` (a code from the centroid table) or unknown.
+    pub fn record(&self, country: Option<&'static str>) {
+        let Some(code) = country else {
+            return self.unknown.increment(1);
+        };
+        let Some(i) = crate::geo::centroids::index_of(code.as_bytes()) else {
+            return self.other.increment(1);
+        };
+        let c = self.slots[i].get_or_init(|| {
+            let n = self
+                .labelled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (n < TOP_COUNTRIES).then(|| counter!(GEO_COUNTRY_REQUESTS_TOTAL, "country" => code))
+        });
+        match c {
+            Some(c) => c.increment(1),
+            None => self.other.increment(1),
+        }
+    }
+}
+
+impl Default for CountryCounters {
+    fn default() -> Self {
+        Self::new()
+    }
 }

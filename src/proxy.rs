@@ -32,6 +32,64 @@ pub struct ConnInfo {
     /// The PROXY-protocol source when present, else the peer's address.
     pub source: IpAddr,
     pub tls: Option<TlsConnInfo>,
+    /// Requests in flight on this connection, for the idle timer.
+    pub activity: ConnActivity,
+    /// `geolb_requests_active{listener}`.
+    pub requests_active: metrics::Gauge,
+}
+
+/// Requests in flight on a connection (until their response body ends) and when the last
+/// one finished, in `now_ms()`.
+#[derive(Debug)]
+pub struct ConnActivity {
+    active: std::sync::atomic::AtomicU32,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl ConnActivity {
+    /// A connection that opened now.
+    pub fn new() -> Self {
+        ConnActivity {
+            active: 0.into(),
+            last_ms: now_ms().into(),
+        }
+    }
+}
+
+impl Default for ConnActivity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConnInfo {
+    /// No request in flight and none finished within `idle`.
+    pub fn is_idle_for(&self, idle: std::time::Duration) -> bool {
+        let a = &self.activity;
+        a.active.load(Relaxed) == 0
+            && now_ms().saturating_sub(a.last_ms.load(Relaxed)) >= idle.as_millis() as u64
+    }
+
+    fn begin(&self) {
+        self.activity.active.fetch_add(1, Relaxed);
+        self.requests_active.increment(1.0);
+    }
+
+    fn end(&self) {
+        self.activity.last_ms.store(now_ms(), Relaxed);
+        self.activity.active.fetch_sub(1, Relaxed);
+        self.requests_active.decrement(1.0);
+    }
+}
+
+/// Ends a request's activity on its connection when dropped (with the response body).
+#[derive(Debug)]
+pub struct ActivityGuard(Arc<ConnInfo>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.end();
+    }
 }
 
 #[derive(Debug)]
@@ -56,6 +114,8 @@ pub async fn handle(
     shared: Arc<Shared>,
 ) -> Result<Response<RespBody>, std::convert::Infallible> {
     let started = Instant::now();
+    conn.begin();
+    let activity = ActivityGuard(conn.clone());
     let snap = shared.snapshot.load_full();
     let mut log = LogRecord::start(&req, &conn);
     let result = match snap.settings.timeouts.request {
@@ -87,6 +147,10 @@ pub async fn handle(
     log.status = status;
     log.duration = started.elapsed();
     shared.access_log.send(&snap, log);
+    let mut resp = resp;
+    if let RespBody::Upstream { activity: slot, .. } = resp.body_mut() {
+        *slot = Some(activity); // ends when the response body does
+    }
     Ok(resp)
 }
 
@@ -161,15 +225,19 @@ async fn route_request(
         None => shared.geo_metrics.unknown.increment(1),
     }
     let country = loc.as_ref().and_then(|l| l.country_str());
+    shared.countries.record(country);
     log.country = country;
     let order = select::order_regions(route, &snap.table.regions, ip, loc.as_ref());
     let hash = match &svc.hash_key {
         HashKey::ClientIp => select::hash_ip(ip),
+        // Without the key, fall back to the client address rather than one shared hash.
         HashKey::Header(h) => req
             .headers()
             .get(h)
-            .map_or(0, |v| select::hash_bytes(v.as_bytes())),
-        HashKey::Cookie(name) => cookie(req.headers(), name).map_or(0, select::hash_bytes),
+            .map_or_else(|| select::hash_ip(ip), |v| select::hash_bytes(v.as_bytes())),
+        HashKey::Cookie(name) => {
+            cookie(req.headers(), name).map_or_else(|| select::hash_ip(ip), select::hash_bytes)
+        }
     };
 
     // Body limits and replay plan.
@@ -312,7 +380,7 @@ async fn route_request(
                     && attempt + 1 < svc.retry.attempts
                     && svc.retry.on_status.contains(&status.as_u16());
                 if status.is_server_error() && svc.passive.on_5xx {
-                    passive_failure(svc, pick.backend);
+                    passive_failure(svc, pick.backend, &shared.events);
                 } else {
                     backend.health.observe_success();
                 }
@@ -343,6 +411,7 @@ async fn route_request(
                 *out_resp.body_mut() = RespBody::Upstream {
                     inner: resp.into_body(),
                     guard: Some(guard),
+                    activity: None,
                 };
                 return Ok((out_resp, route_idx, sr));
             }
@@ -363,7 +432,7 @@ async fn route_request(
         if matches!(&plan, BodyPlan::Stream(slot) if slot.over_limit()) {
             return Err(err(ProxyError::BodyTooLarge));
         }
-        passive_failure(svc, pick.backend);
+        passive_failure(svc, pick.backend, &shared.events);
         last_err = outcome;
         let may_retry = match outcome {
             ProxyError::UpstreamConnect | ProxyError::UpstreamConnectTimeout => {
@@ -380,7 +449,7 @@ async fn route_request(
 }
 
 /// Record a passive failure, respecting the region's ejection cap.
-fn passive_failure(svc: &Service, b: usize) {
+fn passive_failure(svc: &Service, b: usize, events: &crate::events::EventLog) {
     let backend = &svc.backends[b];
     let region = &svc.regions[backend.region];
     let now = now_ms();
@@ -391,9 +460,19 @@ fn passive_failure(svc: &Service, b: usize) {
         .iter()
         .filter(|&&i| svc.backends[i].health.is_ejected(now) && svc.backends[i].health.is_up())
         .count();
-    let cap = (region.backends.len() * svc.passive.max_ejection_percent as usize) / 100;
+    // As Envoy: the percentage caps ejections, but one backend may always be ejected.
+    let pct = svc.passive.max_ejection_percent as usize;
+    let cap = if pct == 0 {
+        0
+    } else {
+        (region.backends.len() * pct / 100).max(1)
+    };
     if backend.health.observe_failure(&svc.passive, ejected < cap) {
         tracing::warn!(service = %svc.name, backend = %backend.name, "backend ejected by passive detection");
+        events.push(format!(
+            "service {}: backend {} ejected (passive detection)",
+            svc.name, backend.name
+        ));
     }
 }
 

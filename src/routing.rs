@@ -264,7 +264,8 @@ pub struct Timeouts {
     pub upstream_connect: Duration,
     pub upstream_response_header: Duration,
     pub upstream_idle: Duration,
-    /// Whole request, headers to last byte; `None` = unlimited.
+    /// From request start until the response headers arrive (covers buffering, retries and
+    /// the upstream wait, not the streamed response body); `None` = unlimited.
     pub request: Option<Duration>,
     pub shutdown_drain: Duration,
     pub proxy_protocol: Duration,

@@ -164,6 +164,8 @@ async fn serve_conn(
             let info = ConnInfo {
                 peer,
                 source,
+                activity: Default::default(),
+                requests_active: metrics::gauge!(crate::metrics::REQUESTS_ACTIVE, "listener" => "https"),
                 tls: Some(TlsConnInfo {
                     certs: tls.certs.clone(),
                     cert_idx: tls.certs.index_for(sni.as_deref()),
@@ -180,6 +182,8 @@ async fn serve_conn(
             let info = ConnInfo {
                 peer,
                 source,
+                activity: Default::default(),
+                requests_active: metrics::gauge!(crate::metrics::REQUESTS_ACTIVE, "listener" => "http"),
                 tls: None,
             };
             let redirect = (mode == HttpMode::Redirect)
@@ -228,6 +232,7 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let info = Arc::new(info);
+    let activity = info.clone();
     let b = builder(&snap, h2_only);
     let shared2 = shared.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
@@ -242,19 +247,30 @@ async fn serve_http<I>(
     });
     let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    let idle = snap.settings.timeouts.keepalive_idle;
     drop(snap);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended with an error");
+    // Idle connections (no request in flight for `keepalive_idle`) are closed gracefully:
+    // HTTP/1.1 after the current exchange, h2 with GOAWAY.
+    let tick = (idle / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shared.drain.cancelled() => break,
+            _ = tokio::time::sleep(tick) => {
+                if activity.is_idle_for(idle) {
+                    break;
+                }
             }
         }
-        _ = shared.drain.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let deadline = shared.snapshot.load().settings.timeouts.shutdown_drain;
-            let _ = tokio::time::timeout(deadline, conn).await;
-        }
     }
+    conn.as_mut().graceful_shutdown();
+    let deadline = shared.snapshot.load().settings.timeouts.shutdown_drain;
+    let _ = tokio::time::timeout(deadline, conn).await;
 }
 
 /// 308 to the same path on https.

@@ -55,6 +55,14 @@ pub fn render(v: &Value) -> String {
         }
         h.push_str("</table>");
     }
-    h.push_str("</body></html>");
+    h.push_str("<h2>recent state changes</h2><ul>");
+    for e in v["events"].as_array().into_iter().flatten().take(30) {
+        h.push_str(&format!(
+            "<li>{:.0}: {}</li>",
+            e["time"].as_f64().unwrap_or(0.0),
+            esc(e["text"].as_str().unwrap_or(""))
+        ));
+    }
+    h.push_str("</ul></body></html>");
     h
 }

@@ -69,7 +69,14 @@ fn build_client(key: &ClientKey) -> Result<UpstreamClient, String> {
                     .map_err(|e| format!("{}: {e}", ca.display()))?;
             }
         }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        None => {
+            // The system's trust store; the bundled Mozilla roots when it has none.
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+        }
     }
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
     let tls = match &key.client_cert {

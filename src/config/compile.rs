@@ -434,10 +434,22 @@ impl Compiler<'_, '_> {
             self.addr("listeners.http.address", &h.address)
                 .map(|a| (a, h.mode))
         });
-        let admin = l
-            .admin
-            .as_ref()
-            .and_then(|a| self.addr("listeners.admin", a));
+        let admin = match l.admin.as_deref() {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9901))),
+            Some("off") => None,
+            Some(a) => self.addr("listeners.admin", a),
+        };
+        if admin.is_some_and(|a| !a.ip().is_loopback()) && l.admin_token.is_none() {
+            tracing::warn!("the admin listener is not on loopback and has no admin_token");
+        }
+        if let Some(b) = &f.metrics.buckets {
+            if b.is_empty() || b.windows(2).any(|w| w[0] >= w[1]) || b.iter().any(|x| !(*x > 0.0)) {
+                self.err(
+                    "metrics.buckets",
+                    "buckets must be positive seconds in increasing order",
+                );
+            }
+        }
         if https.is_none() && http.is_none() && l.https.is_none() && l.http.is_none() {
             self.err(
                 "listeners",
@@ -509,6 +521,23 @@ impl Compiler<'_, '_> {
                 "limits.max_header_bytes",
                 "must be between 8192 and 16777216",
             );
+        }
+        for (name, v, lo, hi) in [
+            ("max_headers", lim.max_headers, 1, 10_000),
+            ("max_connections", lim.max_connections, 1, 10_000_000),
+            (
+                "h2_max_concurrent_streams",
+                lim.h2_max_concurrent_streams.map(u64::from),
+                1,
+                100_000,
+            ),
+        ] {
+            if v.is_some_and(|v| !(lo..=hi).contains(&v)) {
+                self.err(
+                    &format!("limits.{name}"),
+                    format!("must be between {lo} and {hi}"),
+                );
+            }
         }
         let limits = Limits {
             max_header_bytes: max_header_bytes as usize,
@@ -721,6 +750,15 @@ impl Compiler<'_, '_> {
             },
         };
         let check = self.check(&p, &s.health);
+        if check.is_none() && !initial_up {
+            self.err(&format!("{p}.health.initial"), "\"unhealthy\" needs active health checks (set `path` or `kind`), or backends never come up");
+        }
+        if s.passive.max_ejection_percent.is_some_and(|v| v > 100) {
+            self.err(
+                &format!("{p}.passive.max_ejection_percent"),
+                "must be 0..=100",
+            );
+        }
         let pv = &s.passive;
         let passive = PassivePolicy {
             consecutive_failures: pv.consecutive_failures.unwrap_or(5),
@@ -739,7 +777,7 @@ impl Compiler<'_, '_> {
                     Duration::from_secs(300),
                 )
                 .as_millis() as u64,
-            max_ejection_percent: pv.max_ejection_percent.unwrap_or(50).min(100),
+            max_ejection_percent: pv.max_ejection_percent.unwrap_or(50),
         };
         let sp = &s.spillover;
         let overprovisioning = sp.overprovisioning.unwrap_or(1.4);
@@ -914,9 +952,12 @@ impl Compiler<'_, '_> {
                 interval.min(Duration::from_secs(1)),
             ),
             timeout: self.duration(&format!("{hp}.timeout"), &h.timeout, Duration::from_secs(1)),
-            rise: h.healthy.unwrap_or(2).max(1),
-            fall: h.unhealthy.unwrap_or(3).max(1),
+            rise: h.healthy.unwrap_or(2),
+            fall: h.unhealthy.unwrap_or(3),
         };
+        if spec.rise == 0 || spec.fall == 0 {
+            self.err(&hp, "healthy and unhealthy thresholds must be at least 1");
+        }
         if spec.interval.is_zero() || spec.timeout.is_zero() || spec.unhealthy_interval.is_zero() {
             self.err(
                 &hp,

@@ -1,7 +1,7 @@
 //! The on-disk shape of `routes.toml`: serde types only, no validation beyond types.
 //!
 //! Every table rejects unknown keys so a typo is an error, never a silently ignored setting.
-//! Defaults live here (as `default_*` functions) and are documented in `conf/routes.toml`.
+//! Defaults are applied in `compile.rs` and documented in `conf/routes.toml`.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +28,8 @@ pub struct RoutesFile {
     #[serde(default)]
     pub headers: HeadersFile,
     #[serde(default)]
+    pub metrics: MetricsFile,
+    #[serde(default)]
     pub regions: BTreeMap<String, RegionFile>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceFile>,
@@ -42,7 +44,7 @@ pub struct ListenersFile {
     pub https: Option<String>,
     /// Optional plain-HTTP listener.
     pub http: Option<HttpListenerFile>,
-    /// Admin listener (metrics, status, explain); loopback by default.
+    /// Admin listener (metrics, status, explain); "127.0.0.1:9901" when omitted, "off" to disable.
     pub admin: Option<String>,
     /// Bearer token required on the admin listener (recommended for non-loopback binds).
     pub admin_token: Option<String>,
@@ -149,6 +151,13 @@ pub enum AccessLogFormat {
     #[default]
     Json,
     Text,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    /// Histogram buckets in seconds (read at start; a change needs a restart).
+    pub buckets: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

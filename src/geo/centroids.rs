@@ -295,6 +295,15 @@ pub fn centroid(code: &[u8]) -> Option<&'static Centroid> {
         .map(|i| &CENTROIDS[i])
 }
 
+/// Position of a country in [`CENTROIDS`] (a dense index for per-country tables).
+pub fn index_of(code: &[u8]) -> Option<usize> {
+    let c = centroid(code)?;
+    Some(
+        (c as *const Centroid as usize - CENTROIDS.as_ptr() as usize)
+            / std::mem::size_of::<Centroid>(),
+    )
+}
+
 /// Returns the continent code for a two-letter country code, if known.
 pub fn continent_of(code: &[u8]) -> Option<[u8; 2]> {
     centroid(code).map(|c| c.continent)

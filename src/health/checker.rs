@@ -10,15 +10,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::ReqBody;
+use crate::events::EventLog;
 use crate::health::BackendHealth;
 use crate::routing::{CheckKind, CheckSpec, RoutingTable};
 use crate::select::rand_f64;
 use crate::upstream::UpstreamClient;
 
 /// Running probe tasks by backend identity.
-#[derive(Default)]
 pub struct Checker {
     running: HashMap<String, (CheckSpec, CancellationToken)>,
+    events: Arc<EventLog>,
 }
 
 struct Target {
@@ -31,6 +32,13 @@ struct Target {
 }
 
 impl Checker {
+    pub fn new(events: Arc<EventLog>) -> Self {
+        Checker {
+            running: HashMap::new(),
+            events,
+        }
+    }
+
     /// Start probes for new backends, restart changed ones, stop removed ones.
     pub fn reconcile(
         &mut self,
@@ -66,7 +74,12 @@ impl Checker {
                 continue;
             }
             let token = parent.child_token();
-            tasks.spawn(probe_loop(spec.clone(), target, token.clone()));
+            tasks.spawn(probe_loop(
+                spec.clone(),
+                target,
+                token.clone(),
+                self.events.clone(),
+            ));
             self.running.insert(key, (spec, token));
         }
     }
@@ -81,7 +94,7 @@ impl Checker {
     }
 }
 
-async fn probe_loop(spec: CheckSpec, t: Target, cancel: CancellationToken) {
+async fn probe_loop(spec: CheckSpec, t: Target, cancel: CancellationToken, events: Arc<EventLog>) {
     // Spread the first probes over one interval so checks never synchronise.
     let mut wait = spec.interval.mul_f64(rand_f64());
     loop {
@@ -99,6 +112,11 @@ async fn probe_loop(spec: CheckSpec, t: Target, cancel: CancellationToken) {
             } else {
                 tracing::warn!(service = %t.service, backend = %t.backend, "backend is unhealthy");
             }
+            let state = if up { "healthy" } else { "unhealthy" };
+            events.push(format!(
+                "service {}: backend {} is {state} (active check)",
+                t.service, t.backend
+            ));
         }
         let base = if t.health.is_up() {
             spec.interval

@@ -91,7 +91,14 @@ impl BackendHealth {
             self.fail_streak.store(0, Relaxed);
             let streak = self.ok_streak.fetch_add(1, Relaxed).saturating_add(1);
             if !self.is_up() && streak >= rise {
-                self.up_since_ms.store(now_ms(), Relaxed);
+                // A backend that was never up (initial = "unhealthy") joins at full weight;
+                // one that recovers waits for fail-back and ramps (see `select`).
+                let since = if self.transitions.load(Relaxed) == 0 {
+                    0
+                } else {
+                    now_ms()
+                };
+                self.up_since_ms.store(since, Relaxed);
                 self.passive_failures.store(0, Relaxed);
                 self.up.store(true, Relaxed);
                 self.transitions.fetch_add(1, Relaxed);
@@ -127,6 +134,11 @@ impl BackendHealth {
         if n < p.consecutive_failures || self.is_ejected(now) || !may_eject {
             return false;
         }
+        // Forget earlier ejections once the backend has behaved for a whole max_ejection.
+        let until = self.ejected_until_ms.load(Relaxed);
+        if until != 0 && now > until.saturating_add(p.max_ejection_ms) {
+            self.ejections.store(0, Relaxed);
+        }
         let k = self.ejections.fetch_add(1, Relaxed).min(16);
         let dur = p
             .base_ejection_ms
@@ -136,13 +148,6 @@ impl BackendHealth {
         self.passive_failures.store(0, Relaxed);
         self.transitions.fetch_add(1, Relaxed);
         true
-    }
-
-    /// Forget passive ejection history after a long healthy period (called by the checker).
-    pub fn decay_ejections(&self) {
-        if self.ejections.load(Relaxed) > 0 && !self.is_ejected(now_ms()) {
-            self.ejections.fetch_sub(1, Relaxed);
-        }
     }
 }
 

@@ -135,6 +135,19 @@ fn describe_all() {
         ACCESS_LOG_DROPPED_TOTAL,
         "Access log lines dropped because the writer fell behind."
     );
+    describe_gauge!(
+        REGION_STATE,
+        "1 for the region's current state (healthy, spilling, recovering, down), else 0."
+    );
+    describe_gauge!(
+        REGION_TRAFFIC_SHARE,
+        "Share (0..1) of a service's answered requests served by the region since the last reload."
+    );
+    describe_counter!(
+        GEO_COUNTRY_REQUESTS_TOTAL,
+        "Requests by client country (the first 50 countries seen, then other; unknown)."
+    );
+    describe_gauge!(REQUESTS_ACTIVE, "Requests being served, by listener.");
 }
 
 /// Status classes in label order.

@@ -38,6 +38,9 @@ pub struct RegionOrder {
     pub idx: [usize; MAX_REGIONS],
     /// Great-circle km from the client (NaN when unknown), per position.
     pub dist_km: [f64; MAX_REGIONS],
+    /// Preference key per position (biased km, or the position for fixed orders); positions
+    /// with equal keys form one tier that shares traffic by healthy weight.
+    pub key: [f64; MAX_REGIONS],
     pub len: usize,
     pub rule: OrderRule,
 }
@@ -59,6 +62,7 @@ pub fn order_regions(
     let mut o = RegionOrder {
         idx: [0; MAX_REGIONS],
         dist_km: [f64::NAN; MAX_REGIONS],
+        key: [0.0; MAX_REGIONS],
         len: 0,
         rule: OrderRule::Default,
     };
@@ -95,6 +99,13 @@ pub fn order_regions(
             }
         }
         (None, None) => push_all(&mut o, &route.default_order, svc.regions.len()),
+    }
+    for p in 0..o.len {
+        o.key[p] = if o.rule == OrderRule::Distance {
+            biased[p]
+        } else {
+            p as f64
+        };
     }
     if let Some(l) = loc {
         for p in 0..o.len {
@@ -180,11 +191,33 @@ pub fn shares(svc: &Service, order: &RegionOrder, now: u64) -> ([f64; MAX_REGION
     if eff_total <= 0.0 || healthy_frac < svc.spill.panic_threshold {
         return (out, true);
     }
+    // Walk tiers (regions at the same biased distance, within 1 km) nearest first: a tier
+    // keeps min(remaining, tier health × overprovisioning) and splits it by healthy weight.
     let mut remaining = 1.0;
-    for p in 0..order.len {
-        let share = (health[p] * svc.spill.overprovisioning).min(remaining);
-        out[p] = share;
+    let mut p = 0;
+    while p < order.len {
+        let mut end = p + 1;
+        while end < order.len && (order.key[end] - order.key[p]).abs() < 1.0 {
+            end += 1;
+        }
+        let (mut eff, mut total) = (0.0, 0.0);
+        for q in p..end {
+            let w = svc.regions[order.idx[q]].total_weight as f64;
+            eff += health[q] * w;
+            total += w;
+        }
+        let tier_health = if total > 0.0 { eff / total } else { 0.0 };
+        let share = (tier_health * svc.spill.overprovisioning).min(remaining);
+        for q in p..end {
+            let w = svc.regions[order.idx[q]].total_weight as f64;
+            out[q] = if eff > 0.0 {
+                share * health[q] * w / eff
+            } else {
+                0.0
+            };
+        }
         remaining -= share;
+        p = end;
     }
     let sum = 1.0 - remaining;
     if sum > 0.0 && sum < 1.0 {
@@ -400,5 +433,168 @@ pub fn hash_ip(ip: IpAddr) -> u64 {
     match ip.to_canonical() {
         IpAddr::V4(v4) => hash_bytes(&v4.octets()),
         IpAddr::V6(v6) => hash_bytes(&v6.octets()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CompileCtx, compile_str};
+    use crate::geo::LocSource;
+    use crate::health::HealthRegistry;
+    use crate::routing::RoutingTable;
+    use crate::upstream::UpstreamPool;
+
+    fn table(extra_region: &str, svc_extra: &str) -> RoutingTable {
+        let text = format!(
+            r#"
+[listeners]
+http = {{ address = "127.0.0.1:0" }}
+admin = "off"
+[regions.fra]
+location = [50.11, 8.68]
+[regions.sin]
+location = [1.29, 103.85]
+{extra_region}
+[services.app]
+{svc_extra}
+backends = [
+  {{ region = "fra", address = "10.0.0.1:80" }},
+  {{ region = "fra", address = "10.0.0.2:80" }},
+  {{ region = "sin", address = "10.0.1.1:80" }},
+  {{ region = "sin", address = "10.0.1.2:80" }},
+]
+[[routes]]
+service = "app"
+"#
+        );
+        let (h, p) = (HealthRegistry::default(), UpstreamPool::default());
+        compile_str(
+            &text,
+            std::path::Path::new("t.toml"),
+            &CompileCtx {
+                health: &h,
+                pool: &p,
+            },
+        )
+        .unwrap()
+        .table
+    }
+
+    fn at(lat: f64, lon: f64) -> Location {
+        Location {
+            lat,
+            lon,
+            country: None,
+            continent: None,
+            source: LocSource::Record,
+        }
+    }
+
+    fn ip() -> IpAddr {
+        "192.0.2.1".parse().unwrap()
+    }
+
+    #[test]
+    fn nearest_region_takes_everything_while_healthy() {
+        let t = table("", "");
+        let r = &t.routes[0];
+        let o = order_regions(r, &t.regions, ip(), Some(&at(48.8, 2.3))); // Paris
+        assert_eq!(
+            t.regions[r.service.regions[o.idx[0]].region].name.as_ref(),
+            "fra"
+        );
+        let (s, panic) = shares(&r.service, &o, crate::health::now_ms());
+        assert!(!panic);
+        assert_eq!((s[0], s[1]), (1.0, 0.0));
+    }
+
+    #[test]
+    fn half_a_region_down_spills_thirty_percent() {
+        let t = table("", "");
+        let r = &t.routes[0];
+        r.service.backends[0].health.observe_check(false, 1, 1);
+        let o = order_regions(r, &t.regions, ip(), Some(&at(48.8, 2.3)));
+        let (s, _) = shares(&r.service, &o, crate::health::now_ms());
+        assert!(
+            (s[0] - 0.7).abs() < 1e-9 && (s[1] - 0.3).abs() < 1e-9,
+            "{s:?}"
+        );
+        // Both down: everything to the next region.
+        r.service.backends[1].health.observe_check(false, 1, 1);
+        let (s, panic) = shares(&r.service, &o, crate::health::now_ms());
+        assert!(!panic);
+        assert_eq!((s[0], s[1]), (0.0, 1.0));
+        // Everything down: panic.
+        r.service.backends[2].health.observe_check(false, 1, 1);
+        r.service.backends[3].health.observe_check(false, 1, 1);
+        assert!(shares(&r.service, &o, crate::health::now_ms()).1);
+    }
+
+    #[test]
+    fn equidistant_regions_share_by_weight() {
+        let text = r#"
+[listeners]
+http = { address = "127.0.0.1:0" }
+admin = "off"
+[regions.fra-a]
+location = [50.11, 8.68]
+[regions.fra-b]
+location = [50.11, 8.68]
+[services.app]
+backends = [{ region = "fra-a", address = "10.0.0.1:80" }, { region = "fra-b", address = "10.0.0.2:80", weight = 3 }]
+[[routes]]
+service = "app"
+"#;
+        let (h, p) = (HealthRegistry::default(), UpstreamPool::default());
+        let t = compile_str(
+            text,
+            std::path::Path::new("t.toml"),
+            &CompileCtx {
+                health: &h,
+                pool: &p,
+            },
+        )
+        .unwrap()
+        .table;
+        let r = &t.routes[0];
+        let o = order_regions(r, &t.regions, ip(), Some(&at(51.5, -0.1)));
+        let (s, _) = shares(&r.service, &o, crate::health::now_ms());
+        assert!(
+            (s[0] - 0.25).abs() < 1e-9 && (s[1] - 0.75).abs() < 1e-9,
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn failback_waits_then_ramps() {
+        let t = table(
+            "",
+            "spillover = { failback_delay = \"10s\", slow_start = \"10s\" }",
+        );
+        let svc = &t.routes[0].service;
+        let b = &svc.backends[0];
+        b.health.observe_check(false, 1, 1);
+        b.health.observe_check(true, 1, 1);
+        let since = b.health.up_since();
+        assert!(since > 0);
+        assert_eq!(effective_weight(svc, &b.health, 1, since + 9_000), 0.0);
+        let mid = effective_weight(svc, &b.health, 1, since + 15_000);
+        assert!((mid - 0.5).abs() < 0.01, "{mid}");
+        assert_eq!(effective_weight(svc, &b.health, 1, since + 21_000), 1.0);
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_weights() {
+        let t = table("", "lb = \"round_robin\"");
+        let r = &t.routes[0];
+        let o = order_regions(r, &t.regions, ip(), None);
+        let mut counts = [0usize; 4];
+        for _ in 0..100 {
+            counts[pick(&r.service, &o, crate::health::now_ms(), 0, &[])
+                .unwrap()
+                .backend] += 1;
+        }
+        assert_eq!(counts, [50, 50, 0, 0]);
     }
 }

@@ -17,6 +17,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request body over the limit")]
     BodyTooLarge,
+    #[error("method not allowed at the edge (CONNECT, TRACE)")]
+    MethodNotAllowed,
     #[error("request headers over the limit")]
     HeadersTooLarge,
     #[error("no healthy backend")]
@@ -44,6 +46,7 @@ impl ProxyError {
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::BadRequest(_) | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoHealthyBackend | ProxyError::RetryBudget => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -62,6 +65,7 @@ impl ProxyError {
             ProxyError::Misdirected => "misdirected",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::HeadersTooLarge => "headers_too_large",
             ProxyError::NoHealthyBackend => "no_healthy_backend",
             ProxyError::UpstreamConnect => "upstream_connect",

@@ -171,6 +171,10 @@ async fn route_request(
     log: &mut LogRecord,
 ) -> Routed {
     let settings = &snap.settings;
+    // geolb is a reverse proxy: no tunnels for clients, no TRACE reflection (as nginx).
+    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+        return Err((ProxyError::MethodNotAllowed, None));
+    }
     // Host: the URI authority (h2 :authority or absolute-form) wins over Host (RFC 9112 §3.2.2).
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host_hdr = hosts.next();

@@ -374,3 +374,23 @@ async fn request_smuggling_attempts_are_rejected() {
     assert!(!text.contains("/smuggled"), "{text}");
     assert!(b.hits() <= 1);
 }
+
+#[tokio::test]
+async fn connect_and_trace_are_refused() {
+    let (g, b) = one_backend("").await;
+    for (method, target) in [("TRACE", "/"), ("CONNECT", "example.com:443")] {
+        let mut s = tokio::net::TcpStream::connect(g.http.unwrap())
+            .await
+            .unwrap();
+        let req =
+            format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+            .await
+            .expect("no answer");
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 405"), "{method}: {text}");
+    }
+    assert_eq!(b.hits(), 0);
+}

@@ -57,6 +57,8 @@ impl Attempts {
 /// What is known about a request by the time it is answered.
 #[derive(Debug)]
 pub struct LogRecord {
+    /// Whether this record will be written (the snapshot's access log setting).
+    pub enabled: bool,
     pub time: SystemTime,
     pub client_ip: IpAddr,
     pub country: Option<&'static str>,
@@ -65,6 +67,8 @@ pub struct LogRecord {
     pub path: Option<PathAndQuery>,
     pub version: http::Version,
     pub bytes_in: Option<u64>,
+    /// Response body size when known up front (Content-Length); `None` for streamed bodies.
+    pub bytes_out: Option<u64>,
     pub status: u16,
     pub duration: Duration,
     pub route: Option<Arc<str>>,
@@ -77,8 +81,9 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
-    pub fn start<B: hyper::body::Body>(req: &Request<B>, conn: &ConnInfo) -> Self {
+    pub fn start<B: hyper::body::Body>(req: &Request<B>, conn: &ConnInfo, enabled: bool) -> Self {
         LogRecord {
+            enabled,
             time: SystemTime::now(),
             client_ip: conn.source,
             country: None,
@@ -87,6 +92,7 @@ impl LogRecord {
             path: req.uri().path_and_query().cloned(),
             version: req.version(),
             bytes_in: req.body().size_hint().exact(),
+            bytes_out: None,
             status: 0,
             duration: Duration::ZERO,
             route: None,
@@ -99,8 +105,11 @@ impl LogRecord {
         }
     }
 
+    /// Record the host (copied only when the access log is on: no allocation otherwise).
     pub fn set_host(&mut self, host: &str) {
-        self.host.push_str(host);
+        if self.enabled {
+            self.host.push_str(host);
+        }
     }
 
     /// Render one line (without the newline).
@@ -131,6 +140,7 @@ impl LogRecord {
                     "protocol": format!("{:?}", self.version),
                     "status": self.status,
                     "bytes_in": self.bytes_in,
+                    "bytes_out": self.bytes_out,
                     "duration_ms": (dur_ms * 1000.0).round() / 1000.0,
                     "route": self.route.as_deref(),
                     "region": self.region.as_deref(),

@@ -61,7 +61,15 @@ fn init_tracing() {
         .init();
 }
 
-fn main() -> Result<()> {
+fn main() {
+    // Errors are for operators: the message chain, no backtrace.
+    if let Err(e) = real_main() {
+        eprintln!("geolb: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Some(Cmd::Check {

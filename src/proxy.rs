@@ -117,7 +117,7 @@ pub async fn handle(
     conn.begin();
     let activity = ActivityGuard(conn.clone());
     let snap = shared.snapshot.load_full();
-    let mut log = LogRecord::start(&req, &conn);
+    let mut log = LogRecord::start(&req, &conn, snap.settings.access_log.enabled);
     let result = match snap.settings.timeouts.request {
         Some(limit) => {
             match tokio::time::timeout(limit, route_request(req, &conn, &shared, &snap, &mut log))
@@ -145,6 +145,7 @@ pub async fn handle(
         m.duration.record(started.elapsed().as_secs_f64());
     }
     log.status = status;
+    log.bytes_out = hyper::body::Body::size_hint(resp.body()).exact();
     log.duration = started.elapsed();
     shared.access_log.send(&snap, log);
     let mut resp = resp;

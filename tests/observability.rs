@@ -352,5 +352,6 @@ async fn the_access_log_shows_every_attempt_of_a_retried_request() {
     assert_eq!(attempts[1]["backend"], a2.addr.to_string());
     assert_eq!(attempts[1]["status"], 200);
     assert!(v["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(v["bytes_out"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(a2.hits.load(Ordering::Relaxed), 1);
 }

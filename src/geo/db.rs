@@ -135,10 +135,25 @@ impl GeoDb {
             reason,
         };
         let reader = Reader::from_source(bytes).map_err(|e| invalid(e.to_string()))?;
-        reader
-            .verify()
-            .map_err(|e| invalid(format!("verification failed: {e}")))?;
         let m = &reader.metadata();
+        match reader.verify() {
+            Ok(()) => {}
+            // Real-world databases (the @ip-location-db family) ship an empty description map,
+            // which `verify` rejects before anything else; the structure is checked below.
+            Err(e) if e.to_string().contains("description") && m.description.is_empty() => {
+                tracing::debug!(
+                    database = name,
+                    "database has no description; checked by lookups instead"
+                );
+            }
+            Err(e) => return Err(invalid(format!("verification failed: {e}"))),
+        }
+        if ![24, 28, 32].contains(&m.record_size) || ![4, 6].contains(&m.ip_version) {
+            return Err(invalid(format!(
+                "unsupported record size {} / IP version {}",
+                m.record_size, m.ip_version
+            )));
+        }
         if m.binary_format_major_version != 2 {
             return Err(invalid(format!(
                 "unsupported binary format {}",
@@ -148,16 +163,26 @@ impl GeoDb {
         if m.node_count == 0 {
             return Err(invalid("database has no networks".into()));
         }
-        let sample: IpAddr = if m.ip_version == 6 {
-            "2001:db8::1".parse().expect("literal")
+        let samples: &[&str] = if m.ip_version == 6 {
+            &[
+                "8.8.8.8",
+                "81.2.69.142",
+                "1.0.0.1",
+                "2001:4860:4860::8888",
+                "2a00:1450::1",
+                "2001:db8::1",
+            ]
         } else {
-            "192.0.2.1".parse().expect("literal")
+            &["8.8.8.8", "81.2.69.142", "1.0.0.1", "192.0.2.1"]
         };
-        let res = reader
-            .lookup(sample)
-            .map_err(|e| invalid(format!("sample lookup: {e}")))?;
-        res.decode::<Record<'_>>()
-            .map_err(|e| invalid(format!("sample decode: {e}")))?;
+        for s in samples {
+            let ip: IpAddr = s.parse().expect("literal");
+            let res = reader
+                .lookup(ip)
+                .map_err(|e| invalid(format!("sample lookup of {s}: {e}")))?;
+            res.decode::<Record<'_>>()
+                .map_err(|e| invalid(format!("sample decode of {s}: {e}")))?;
+        }
         let info = GeoInfo {
             source: name.to_owned(),
             database_type: m.database_type.clone(),
@@ -348,6 +373,27 @@ mod tests {
         assert_eq!(loc.country_str(), Some("JP"));
         assert!(db.locate("127.0.0.1".parse().unwrap()).is_none());
         assert!(db.locate("10.0.0.1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn accepts_a_database_without_description() {
+        // Same structure as the @ip-location-db files: `{country_code}` records, no description.
+        let mut w = mmdb_writer::Writer::builder("country ipvAll")
+            .build_epoch(std::time::UNIX_EPOCH)
+            .build();
+        #[derive(serde::Serialize)]
+        struct Cc {
+            country_code: &'static str,
+        }
+        w.insert(
+            "81.2.69.0/24".parse::<mmdb_writer::ipnet::IpNet>().unwrap(),
+            &Cc { country_code: "GB" },
+        )
+        .unwrap();
+        let db = GeoDb::from_bytes(w.to_bytes().unwrap(), "nodesc.mmdb").unwrap();
+        let loc = db.locate("81.2.69.142".parse().unwrap()).unwrap();
+        assert_eq!(loc.country_str(), Some("GB"));
+        assert_eq!(loc.source, LocSource::CountryCentroid);
     }
 
     #[test]

@@ -66,9 +66,32 @@ pub struct TestBackend {
     arrivals_tx: Arc<tokio::sync::watch::Sender<u64>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl TestBackend {
+    /// A backend speaking HTTPS (HTTP/1.1 and h2 by ALPN) with `tls`.
+    pub async fn spawn_tls(name: &str, region: &str, tls: rustls::ServerConfig) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        let mut tls = tls;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut b = TestBackend {
+            name: name.into(),
+            region: region.into(),
+            addr: listener.local_addr().unwrap(),
+            hits: Arc::new(AtomicU64::new(0)),
+            mode: Arc::new(AtomicU8::new(MODE_OK)),
+            arrivals: rx,
+            arrivals_tx: Arc::new(tx),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            tls: Some(Arc::new(tls)),
+        };
+        b.serve(listener);
+        b
+    }
+
     pub async fn spawn(name: &str, region: &str) -> TestBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (tx, rx) = tokio::sync::watch::channel(0);
@@ -82,6 +105,7 @@ impl TestBackend {
             arrivals_tx: Arc::new(tx),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            tls: None,
         };
         b.serve(listener);
         b
@@ -90,6 +114,7 @@ impl TestBackend {
     fn serve(&mut self, listener: TcpListener) {
         let cancel = self.cancel.clone();
         let tasks = self.tasks.clone();
+        let tls = self.tls.clone();
         let ctx = Arc::new(Ctx {
             checks: AtomicU64::new(0),
             name: self.name.clone(),
@@ -106,14 +131,42 @@ impl TestBackend {
                 };
                 let ctx = ctx.clone();
                 let cancel = cancel.clone();
+                let tls = tls.clone();
                 tasks.spawn(async move {
-                    let svc = service_fn(move |req| handle(req, ctx.clone()));
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = cancel.cancelled() => {}
+                    match tls {
+                        None => {
+                            let svc = service_fn(move |req| handle(req, ctx.clone(), None));
+                            let conn =
+                                builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = cancel.cancelled() => {}
+                            }
+                        }
+                        Some(cfg) => {
+                            let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await
+                            else {
+                                return;
+                            };
+                            let info = TlsSeen {
+                                sni: s.get_ref().1.server_name().map(str::to_owned),
+                                client_cert: s
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .is_some_and(|c| !c.is_empty()),
+                            };
+                            let info = Arc::new(info);
+                            let svc =
+                                service_fn(move |req| handle(req, ctx.clone(), Some(info.clone())));
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = cancel.cancelled() => {}
+                            }
+                        }
                     }
                 });
             }
@@ -173,7 +226,18 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
     })
 }
 
-async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Body>, Infallible> {
+/// What a TLS backend saw of geolb's handshake.
+#[derive(Debug)]
+struct TlsSeen {
+    sni: Option<String>,
+    client_cert: bool,
+}
+
+async fn handle(
+    mut req: Request<Incoming>,
+    ctx: Arc<Ctx>,
+    tls: Option<Arc<TlsSeen>>,
+) -> Result<Response<Body>, Infallible> {
     ctx.arrivals.send_modify(|n| *n += 1);
     let path = req.uri().path().to_owned();
     if path == "/healthz" {
@@ -283,7 +347,20 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Bo
                 .insert("keep-alive", "timeout=5".parse().unwrap());
             r
         }
-        _ => echo(&req, &ctx),
+        _ => {
+            let mut r = echo(&req, &ctx);
+            if let Some(t) = tls {
+                r.headers_mut().insert(
+                    "x-tls-sni",
+                    t.sni.clone().unwrap_or_default().parse().unwrap(),
+                );
+                r.headers_mut().insert(
+                    "x-tls-client-cert",
+                    t.client_cert.to_string().parse().unwrap(),
+                );
+            }
+            r
+        }
     };
     Ok(resp)
 }
@@ -361,6 +438,8 @@ impl TestCerts {
             "a",
         );
         leaf(vec!["b.other.test".into()], "b");
+        leaf(vec!["backend.internal".into()], "backend");
+        leaf(vec!["geolb-client".into()], "client");
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         TestCerts {
             ca_der: ca.der().clone(),

@@ -100,13 +100,11 @@ pub fn order_regions(
         }
         (None, None) => push_all(&mut o, &route.default_order, svc.regions.len()),
     }
-    for p in 0..o.len {
-        o.key[p] = if o.rule == OrderRule::Distance {
-            biased[p]
-        } else {
-            p as f64
-        };
+    let distance = o.rule == OrderRule::Distance;
+    for (p, key) in o.key.iter_mut().enumerate().take(o.len) {
+        *key = if distance { biased[p] } else { p as f64 };
     }
+
     if let Some(l) = loc {
         for p in 0..o.len {
             let r = &regions[svc.regions[o.idx[p]].region];
@@ -201,9 +199,9 @@ pub fn shares(svc: &Service, order: &RegionOrder, now: u64) -> ([f64; MAX_REGION
             end += 1;
         }
         let (mut eff, mut total) = (0.0, 0.0);
-        for q in p..end {
-            let w = svc.regions[order.idx[q]].total_weight as f64;
-            eff += health[q] * w;
+        for (h, &sr) in health[p..end].iter().zip(&order.idx[p..end]) {
+            let w = svc.regions[sr].total_weight as f64;
+            eff += h * w;
             total += w;
         }
         let tier_health = if total > 0.0 { eff / total } else { 0.0 };

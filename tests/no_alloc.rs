@@ -98,7 +98,7 @@ service = "h"
         "rr.example.com",
         "h.example.com",
     ];
-    let mut run = || {
+    let run = || {
         let mut picked = 0usize;
         for db in [&city, &embedded] {
             for (i, &ip0) in ips.iter().enumerate() {

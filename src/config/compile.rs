@@ -443,7 +443,10 @@ impl Compiler<'_, '_> {
             tracing::warn!("the admin listener is not on loopback and has no admin_token");
         }
         if let Some(b) = &f.metrics.buckets {
-            if b.is_empty() || b.windows(2).any(|w| w[0] >= w[1]) || b.iter().any(|x| x.is_nan() || *x <= 0.0) {
+            if b.is_empty()
+                || b.windows(2).any(|w| w[0] >= w[1])
+                || b.iter().any(|x| x.is_nan() || *x <= 0.0)
+            {
                 self.err(
                     "metrics.buckets",
                     "buckets must be positive seconds in increasing order",

@@ -94,11 +94,22 @@ fn real_main() -> Result<()> {
     }
 }
 
+/// One worker per available core (`GEOLB_WORKERS` overrides). With one core the
+/// single-threaded scheduler is used: no work-stealing or cross-thread wake-ups to pay for.
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")
+    let workers = std::env::var("GEOLB_WORKERS")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok())
+        .filter(|&w| w > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    b.enable_all().build().context("starting the runtime")
 }
 
 /// Run until SIGTERM/SIGINT; SIGHUP reloads.

@@ -152,6 +152,8 @@ pub struct Service {
     pub active: AtomicU32,
     /// Retries in flight (retry budget).
     pub retries_active: AtomicU32,
+    /// Region draws so far (drives the low-discrepancy share sequence in `select`).
+    pub draws: std::sync::atomic::AtomicU64,
 }
 
 /// A country / continent / CIDR rule that fixes the region order.

@@ -100,9 +100,18 @@ pub fn order_regions(
         }
         (None, None) => push_all(&mut o, &route.default_order, svc.regions.len()),
     }
+    // Unknown location and no default order: every region is equally preferred (one tier,
+    // shared by weight) rather than the first configured region taking all of it.
+    let flat = o.rule == OrderRule::Default && route.default_order.is_empty();
     let distance = o.rule == OrderRule::Distance;
     for (p, key) in o.key.iter_mut().enumerate().take(o.len) {
-        *key = if distance { biased[p] } else { p as f64 };
+        *key = if distance {
+            biased[p]
+        } else if flat {
+            0.0
+        } else {
+            p as f64
+        };
     }
 
     if let Some(l) = loc {
@@ -277,7 +286,10 @@ pub fn pick(
         if total <= 0.0 {
             break;
         }
-        let mut r = rand_f64() * total;
+        // A low-discrepancy sequence (golden-ratio steps) per service: shares are met closely
+        // even over a handful of requests, with no shared RNG state.
+        let step = svc.draws.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut r = ((step as f64 * 0.618_033_988_749_894_9).fract()) * total;
         let mut chosen = None;
         for (p, &s) in share.iter().enumerate().take(order.len) {
             if s <= 0.0 {
@@ -586,7 +598,7 @@ service = "app"
     fn weighted_round_robin_follows_weights() {
         let t = table("", "lb = \"round_robin\"");
         let r = &t.routes[0];
-        let o = order_regions(r, &t.regions, ip(), None);
+        let o = order_regions(r, &t.regions, ip(), Some(&at(48.8, 2.3)));
         let mut counts = [0usize; 4];
         for _ in 0..100 {
             counts[pick(&r.service, &o, crate::health::now_ms(), 0, &[])
@@ -594,5 +606,21 @@ service = "app"
                 .backend] += 1;
         }
         assert_eq!(counts, [50, 50, 0, 0]);
+    }
+
+    #[test]
+    fn unknown_location_without_default_order_spreads_over_all_regions() {
+        let t = table("", "lb = \"round_robin\"");
+        let r = &t.routes[0];
+        let o = order_regions(r, &t.regions, ip(), None);
+        let mut per_region = [0usize; 2];
+        for _ in 0..100 {
+            let b = pick(&r.service, &o, crate::health::now_ms(), 0, &[])
+                .unwrap()
+                .backend;
+            per_region[r.service.backends[b].region] += 1;
+        }
+        // The golden-ratio sequence meets a 50/50 share within one request.
+        assert!(per_region[0].abs_diff(50) <= 1, "{per_region:?}");
     }
 }

@@ -133,8 +133,11 @@ async fn serve_conn(
         ListenerKind::Https => {
             let Some(tls) = snap.tls.clone() else { return };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-            let hs = tokio::time::timeout(settings.timeouts.tls_handshake, acceptor.accept(stream))
-                .await;
+            let hs = Box::pin(tokio::time::timeout(
+                settings.timeouts.tls_handshake,
+                acceptor.accept(stream),
+            ))
+            .await;
             let tls_stream = match hs {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -174,7 +177,8 @@ async fn serve_conn(
                 }),
             };
             let h2_only = alpn == "h2";
-            serve_http(tls_stream, info, shared, snap, h2_only, None).await;
+            // Boxed per branch: an idle plain connection does not carry the TLS branch's state.
+            Box::pin(serve_http(tls_stream, info, shared, snap, h2_only, None)).await;
         }
         ListenerKind::Admin => {}
         ListenerKind::Http => {
@@ -188,7 +192,7 @@ async fn serve_conn(
             };
             let redirect = (mode == HttpMode::Redirect)
                 .then(|| shared.https_port.load(std::sync::atomic::Ordering::Relaxed));
-            serve_http(stream, info, shared, snap, false, redirect).await;
+            Box::pin(serve_http(stream, info, shared, snap, false, redirect)).await;
         }
     }
 }

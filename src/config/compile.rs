@@ -883,6 +883,7 @@ impl Compiler<'_, '_> {
             check,
             active: AtomicU32::new(0),
             retries_active: AtomicU32::new(0),
+            draws: std::sync::atomic::AtomicU64::new(0),
         })
     }
 

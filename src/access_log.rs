@@ -229,11 +229,56 @@ impl AccessLog {
     /// Queue a record if the snapshot enables logging; never waits.
     pub fn send(&self, snap: &Snapshot, rec: LogRecord) {
         let cfg = &snap.settings.access_log;
-        if !cfg.enabled {
-            return;
+        if cfg.enabled {
+            queue(&self.tx, rec.render(cfg.format));
         }
-        if self.tx.try_send(rec.render(cfg.format)).is_err() {
-            metrics::counter!(crate::metrics::ACCESS_LOG_DROPPED_TOTAL).increment(1);
-        }
+    }
+
+    /// A record finished when the response body ends: it counts the bytes sent and the
+    /// whole duration, and is queued when dropped. `None` when logging is off.
+    pub fn pending(
+        &self,
+        snap: &Snapshot,
+        rec: LogRecord,
+        started: std::time::Instant,
+    ) -> Option<Box<PendingLog>> {
+        let cfg = &snap.settings.access_log;
+        cfg.enabled.then(|| {
+            Box::new(PendingLog {
+                tx: self.tx.clone(),
+                format: cfg.format,
+                rec,
+                started,
+            })
+        })
+    }
+}
+
+fn queue(tx: &mpsc::Sender<String>, line: String) {
+    if tx.try_send(line).is_err() {
+        metrics::counter!(crate::metrics::ACCESS_LOG_DROPPED_TOTAL).increment(1);
+    }
+}
+
+/// An access-log record waiting for its response body to finish.
+#[derive(Debug)]
+pub struct PendingLog {
+    tx: mpsc::Sender<String>,
+    format: AccessLogFormat,
+    rec: LogRecord,
+    started: std::time::Instant,
+}
+
+impl PendingLog {
+    /// Count response body bytes as they are sent.
+    pub fn sent(&mut self, n: usize) {
+        *self.rec.bytes_out.get_or_insert(0) += n as u64;
+    }
+}
+
+impl Drop for PendingLog {
+    fn drop(&mut self) {
+        self.rec.duration = self.started.elapsed();
+        queue(&self.tx, self.rec.render(self.format));
     }
 }

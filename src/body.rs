@@ -173,6 +173,8 @@ pub enum RespBody {
         guard: Option<InflightGuard>,
         /// The connection's activity count; released with the body.
         activity: Option<crate::proxy::ActivityGuard>,
+        /// The access-log record, written when the body ends (with bytes and duration).
+        log: Option<Box<crate::access_log::PendingLog>>,
     },
 }
 
@@ -200,11 +202,21 @@ impl Body for RespBody {
                 inner,
                 guard,
                 activity,
+                log,
             } => {
                 let r = Pin::new(inner).poll_frame(cx);
-                if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    guard.take();
-                    activity.take();
+                match &r {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(l), Some(d)) = (log.as_mut(), frame.data_ref()) {
+                            l.sent(d.len());
+                        }
+                    }
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                        guard.take();
+                        activity.take();
+                        log.take();
+                    }
+                    Poll::Pending => {}
                 }
                 r
             }

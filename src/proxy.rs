@@ -145,12 +145,22 @@ pub async fn handle(
         m.duration.record(started.elapsed().as_secs_f64());
     }
     log.status = status;
-    log.bytes_out = hyper::body::Body::size_hint(resp.body()).exact();
     log.duration = started.elapsed();
-    shared.access_log.send(&snap, log);
     let mut resp = resp;
-    if let RespBody::Upstream { activity: slot, .. } = resp.body_mut() {
-        *slot = Some(activity); // ends when the response body does
+    match resp.body_mut() {
+        RespBody::Upstream {
+            activity: slot,
+            log: log_slot,
+            ..
+        } => {
+            // Both end when the response body does.
+            *slot = Some(activity);
+            *log_slot = shared.access_log.pending(&snap, log, started);
+        }
+        RespBody::Full(b) => {
+            log.bytes_out = Some(b.as_ref().map_or(0, |b| b.len() as u64));
+            shared.access_log.send(&snap, log);
+        }
     }
     Ok(resp)
 }
@@ -417,6 +427,7 @@ async fn route_request(
                     inner: resp.into_body(),
                     guard: Some(guard),
                     activity: None,
+                    log: None,
                 };
                 return Ok((out_resp, route_idx, sr));
             }

@@ -144,6 +144,8 @@ pub struct Service {
     pub backends: Box<[Backend]>,
     pub regions: Box<[ServiceRegion]>,
     pub client: UpstreamClient,
+    /// Identity of `client`'s pool (a different key means a different pool).
+    pub client_key: crate::upstream::ClientKey,
     pub passive: PassivePolicy,
     pub spill: SpillPolicy,
     pub retry: RetryPolicy,

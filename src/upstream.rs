@@ -32,6 +32,9 @@ pub struct ClientKey {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle: usize,
+    /// The backends this pool serves (sorted). A reload that removes a backend gets a new
+    /// pool; the old one, and its idle connections, close once no request uses them.
+    pub backends: Vec<String>,
 }
 
 /// Clients shared across reloads, so a reload keeps warm connections.

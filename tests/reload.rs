@@ -478,3 +478,50 @@ async fn check_diff_compares_against_the_running_instance() {
         "check must not change the running instance"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backend_is_no_longer_checked_and_its_connections_close() {
+    let a = TestBackend::spawn("fra-1", "eu-central").await;
+    let b = TestBackend::spawn("fra-2", "eu-central").await;
+    let health = "health = { path = \"/healthz\", interval = \"50ms\" }\n";
+    let g = Geolb::start(
+        &routes(&a, &b, 1, "").replace("[services.app]\n", &format!("[services.app]\n{health}")),
+    )
+    .await;
+    // Traffic and checks open pooled keep-alive connections to both.
+    let c = g.client(false);
+    for _ in 0..20 {
+        assert_eq!(get_as(&c, &g.url("/"), None).await.0, StatusCode::OK);
+    }
+    assert!(b.open_conns.load(Ordering::Relaxed) > 0);
+    // Remove fra-2.
+    let text = std::fs::read_to_string(&g.config).unwrap();
+    let without_b: String = text
+        .lines()
+        .filter(|l| !l.contains(&b.addr.to_string()))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&g.config, without_b).unwrap();
+    g.shared().reload().await.unwrap();
+    assert_eq!(
+        g.shared().snapshot.load().table.services[0].backends.len(),
+        1
+    );
+    let open = b.open_conns.clone();
+    eventually("connections to the removed backend closed", || {
+        open.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    // Checks stop: while fra-1 is checked three more times, fra-2 sees nothing new.
+    let before = *b.arrivals.borrow();
+    let mut a_arrivals = a.arrivals.clone();
+    let a_now = *a_arrivals.borrow();
+    a_arrivals.wait_for(|n| *n >= a_now + 3).await.unwrap();
+    assert_eq!(
+        *b.arrivals.borrow(),
+        before,
+        "the removed backend is still being checked"
+    );
+    // Requests keep working on what is left.
+    assert_eq!(get_as(&c, &g.url("/"), None).await.0, StatusCode::OK);
+}

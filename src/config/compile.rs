@@ -848,6 +848,11 @@ impl Compiler<'_, '_> {
             connect_timeout: settings.timeouts.upstream_connect,
             idle_timeout: settings.timeouts.upstream_idle,
             max_idle: settings.limits.max_idle_upstream_per_host,
+            backends: {
+                let mut names: Vec<String> = backends.iter().map(|b| b.name.to_string()).collect();
+                names.sort();
+                names
+            },
         };
         if s.http2 && any_http && any_https {
             self.err(
@@ -862,7 +867,7 @@ impl Compiler<'_, '_> {
                 return None;
             }
         };
-        client_keys.push(key);
+        client_keys.push(key.clone());
         if self.errors.len() != errors_before {
             return None;
         }
@@ -877,6 +882,7 @@ impl Compiler<'_, '_> {
             backends: backends.into(),
             regions,
             client,
+            client_key: key,
             passive,
             spill,
             retry,

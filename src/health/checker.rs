@@ -14,11 +14,12 @@ use crate::events::EventLog;
 use crate::health::BackendHealth;
 use crate::routing::{CheckKind, CheckSpec, RoutingTable};
 use crate::select::rand_f64;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{ClientKey, UpstreamClient};
 
 /// Running probe tasks by backend identity.
 pub struct Checker {
-    running: HashMap<String, (CheckSpec, CancellationToken)>,
+    /// Probe tasks by backend identity, with what they were started with.
+    running: HashMap<String, (CheckSpec, ClientKey, CancellationToken)>,
     events: Arc<EventLog>,
 }
 
@@ -46,7 +47,7 @@ impl Checker {
         tasks: &TaskTracker,
         parent: &CancellationToken,
     ) {
-        let mut wanted: HashMap<String, (CheckSpec, Target)> = HashMap::new();
+        let mut wanted: HashMap<String, (CheckSpec, ClientKey, Target)> = HashMap::new();
         for svc in table.services.iter() {
             let Some(spec) = &svc.check else { continue };
             for b in svc.backends.iter() {
@@ -59,17 +60,21 @@ impl Checker {
                     client: svc.client.clone(),
                     health: b.health.clone(),
                 };
-                wanted.insert(key, (spec.clone(), target));
+                wanted.insert(key, (spec.clone(), svc.client_key.clone(), target));
             }
         }
-        self.running.retain(|key, (spec, token)| {
-            let keep = wanted.get(key).is_some_and(|(s, _)| s == spec);
+        // A probe restarts when its check or its connection pool changed (so it never keeps
+        // an old pool, and that pool's connections, alive).
+        self.running.retain(|key, (spec, client, token)| {
+            let keep = wanted
+                .get(key)
+                .is_some_and(|(s, c, _)| s == spec && c == client);
             if !keep {
                 token.cancel();
             }
             keep
         });
-        for (key, (spec, target)) in wanted {
+        for (key, (spec, client, target)) in wanted {
             if self.running.contains_key(&key) {
                 continue;
             }
@@ -80,7 +85,7 @@ impl Checker {
                 token.clone(),
                 self.events.clone(),
             ));
-            self.running.insert(key, (spec, token));
+            self.running.insert(key, (spec, client, token));
         }
     }
 

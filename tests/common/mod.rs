@@ -64,6 +64,8 @@ pub struct TestBackend {
     /// Counts requests received (for waiting on "the backend has the request").
     pub arrivals: tokio::sync::watch::Receiver<u64>,
     arrivals_tx: Arc<tokio::sync::watch::Sender<u64>>,
+    /// TCP connections currently open to this backend.
+    pub open_conns: Arc<AtomicU64>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -84,6 +86,7 @@ impl TestBackend {
             mode: Arc::new(AtomicU8::new(MODE_OK)),
             arrivals: rx,
             arrivals_tx: Arc::new(tx),
+            open_conns: Arc::new(AtomicU64::new(0)),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             tls: Some(Arc::new(tls)),
@@ -103,6 +106,7 @@ impl TestBackend {
             mode: Arc::new(AtomicU8::new(MODE_OK)),
             arrivals: rx,
             arrivals_tx: Arc::new(tx),
+            open_conns: Arc::new(AtomicU64::new(0)),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             tls: None,
@@ -115,6 +119,7 @@ impl TestBackend {
         let cancel = self.cancel.clone();
         let tasks = self.tasks.clone();
         let tls = self.tls.clone();
+        let open_conns = self.open_conns.clone();
         let ctx = Arc::new(Ctx {
             checks: AtomicU64::new(0),
             name: self.name.clone(),
@@ -132,7 +137,9 @@ impl TestBackend {
                 let ctx = ctx.clone();
                 let cancel = cancel.clone();
                 let tls = tls.clone();
+                let open = OpenConn::new(open_conns.clone());
                 tasks.spawn(async move {
+                    let _open = open;
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
@@ -190,6 +197,22 @@ impl TestBackend {
 
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts an open connection for as long as it lives.
+struct OpenConn(Arc<AtomicU64>);
+
+impl OpenConn {
+    fn new(c: Arc<AtomicU64>) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        OpenConn(c)
+    }
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -4,91 +4,12 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
-
-fn write_atomic(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// Two HTTP/1.1 keep-alive clients and two h2 clients, each sending GETs back to back.
-fn start_load(g: &Geolb) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for h2 in [false, false, true, true] {
-        let client = g.client(h2);
-        let url = g.url("/");
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let (status, _, _) = get_as(&client, &url, Some(IP_FRANKFURT)).await;
-                if status == StatusCode::OK {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
-    Load {
-        stop,
-        ok,
-        failed,
-        tasks,
-    }
-}
-
-impl Load {
-    async fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-
-    async fn wait_for_requests(&self, n: u64) {
-        let ok = self.ok.clone();
-        eventually("load is flowing", || ok.load(Ordering::Relaxed) >= n).await;
-    }
-}
-
-fn routes(a: &TestBackend, b: &TestBackend, weight_a: u32, extra: &str) -> String {
-    format!(
-        "[services.app]\nbackends = [\n  {{ region = \"eu-central\", address = \"{}\", weight = {weight_a} }},\n  {{ region = \"eu-central\", address = \"{}\" }},\n]\n\n[[routes]]\nservice = \"app\"\n{extra}",
-        a.addr, b.addr
-    )
-}
-
-async fn reload_status(g: &Geolb) -> serde_json::Value {
-    let (_, text) = admin_get(g, "/status").await;
-    serde_json::from_str(&text).unwrap()
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_apply_under_load_without_a_failed_request() {

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -73,29 +73,21 @@ pub struct TestBackend {
 
 impl TestBackend {
     /// A backend speaking HTTPS (HTTP/1.1 and h2 by ALPN) with `tls`.
-    pub async fn spawn_tls(name: &str, region: &str, tls: rustls::ServerConfig) -> TestBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (tx, rx) = tokio::sync::watch::channel(0);
-        let mut tls = tls;
+    pub async fn spawn_tls(name: &str, region: &str, mut tls: rustls::ServerConfig) -> TestBackend {
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let mut b = TestBackend {
-            name: name.into(),
-            region: region.into(),
-            addr: listener.local_addr().unwrap(),
-            hits: Arc::new(AtomicU64::new(0)),
-            mode: Arc::new(AtomicU8::new(MODE_OK)),
-            arrivals: rx,
-            arrivals_tx: Arc::new(tx),
-            open_conns: Arc::new(AtomicU64::new(0)),
-            cancel: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            tls: Some(Arc::new(tls)),
-        };
-        b.serve(listener);
-        b
+        Self::spawn_with(name, region, Some(Arc::new(tls))).await
     }
 
+    /// A plain HTTP/1.1 + h2c backend.
     pub async fn spawn(name: &str, region: &str) -> TestBackend {
+        Self::spawn_with(name, region, None).await
+    }
+
+    async fn spawn_with(
+        name: &str,
+        region: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> TestBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (tx, rx) = tokio::sync::watch::channel(0);
         let mut b = TestBackend {
@@ -109,7 +101,7 @@ impl TestBackend {
             open_conns: Arc::new(AtomicU64::new(0)),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            tls: None,
+            tls,
         };
         b.serve(listener);
         b
@@ -801,4 +793,86 @@ pub fn service_toml(name: &str, backends: &[&TestBackend], extra: &str) -> Strin
 
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reload helpers: steady load, config writing, status and metric reading
+
+pub fn write_atomic(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Two HTTP/1.1 keep-alive clients and two h2 clients, each sending GETs back to back.
+pub fn start_load(g: &Geolb) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for h2 in [false, false, true, true] {
+        let client = g.client(h2);
+        let url = g.url("/");
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (status, _, _) = get_as(&client, &url, Some(IP_FRANKFURT)).await;
+                if status == StatusCode::OK {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    Load {
+        stop,
+        ok,
+        failed,
+        tasks,
+    }
+}
+
+impl Load {
+    pub async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    pub async fn wait_for_requests(&self, n: u64) {
+        let ok = self.ok.clone();
+        eventually("load is flowing", || ok.load(Ordering::Relaxed) >= n).await;
+    }
+}
+
+pub fn routes(a: &TestBackend, b: &TestBackend, weight_a: u32, extra: &str) -> String {
+    format!(
+        "[services.app]\nbackends = [\n  {{ region = \"eu-central\", address = \"{}\", weight = {weight_a} }},\n  {{ region = \"eu-central\", address = \"{}\" }},\n]\n\n[[routes]]\nservice = \"app\"\n{extra}",
+        a.addr, b.addr
+    )
+}
+
+pub async fn reload_status(g: &Geolb) -> serde_json::Value {
+    let (_, text) = admin_get(g, "/status").await;
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -280,6 +280,35 @@ pub fn pick(
         }
         return Err(NoPick::Exhausted);
     }
+    // A retry prefers a region this request has not failed in yet (a failure there hints at
+    // trouble with the whole region); it stays in the same region only when nothing else can
+    // serve.
+    if !tried.is_empty() {
+        let mut masked = share;
+        for (p, m) in masked.iter_mut().enumerate().take(order.len) {
+            if tried
+                .iter()
+                .any(|&b| svc.backends[b].region == order.idx[p])
+            {
+                *m = 0.0;
+            }
+        }
+        if masked[..order.len].iter().sum::<f64>() <= 0.0 {
+            // The other regions had no share of this client's traffic: take the nearest one
+            // that can serve.
+            if let Some(p) = (0..order.len).find(|&p| {
+                !tried
+                    .iter()
+                    .any(|&b| svc.backends[b].region == order.idx[p])
+                    && region_health(svc, order.idx[p], now) > 0.0
+            }) {
+                masked[p] = 1.0;
+            }
+        }
+        if masked[..order.len].iter().sum::<f64>() > 0.0 {
+            share = masked;
+        }
+    }
     // Draw a region by share; if it has no untried backend, drop it and draw again.
     for _ in 0..order.len {
         let total: f64 = share[..order.len].iter().sum();
@@ -622,5 +651,23 @@ service = "app"
         }
         // The golden-ratio sequence meets a 50/50 share within one request.
         assert!(per_region[0].abs_diff(50) <= 1, "{per_region:?}");
+    }
+
+    #[test]
+    fn a_retry_leaves_the_region_that_failed() {
+        let t = table("", "lb = \"round_robin\"");
+        let r = &t.routes[0];
+        let o = order_regions(r, &t.regions, ip(), Some(&at(48.8, 2.3)));
+        let now = crate::health::now_ms();
+        let first = pick(&r.service, &o, now, 0, &[]).unwrap();
+        assert_eq!(r.service.backends[first.backend].region, o.idx[0]);
+        let second = pick(&r.service, &o, now, 0, &[first.backend]).unwrap();
+        assert_eq!(second.position, 1, "the retry goes to the next region");
+        // With the other region down, the retry stays in the first region.
+        r.service.backends[2].health.observe_check(false, 1, 1);
+        r.service.backends[3].health.observe_check(false, 1, 1);
+        let third = pick(&r.service, &o, now, 0, &[first.backend]).unwrap();
+        assert_eq!(third.position, 0);
+        assert_ne!(third.backend, first.backend);
     }
 }

@@ -290,3 +290,36 @@ async fn panic_fail_closed_answers_503() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["x-geolb-error"], "no_healthy_backend");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_region_of_three_dying_at_once_costs_no_request() {
+    let mut a: Vec<TestBackend> = Vec::new();
+    for i in 1..=3 {
+        a.push(TestBackend::spawn(&format!("fra-{i}"), "eu-central").await);
+    }
+    let b1 = TestBackend::spawn("sin-1", "ap-southeast").await;
+    // Slow active checks: only passive detection and retries can hide the failure.
+    let extra = "health = { path = \"/healthz\", interval = \"30s\" }\nretry = { attempts = 3 }";
+    let refs: Vec<&TestBackend> = a.iter().chain(std::iter::once(&b1)).collect();
+    let cfg = service_toml("whole", &refs, extra) + "[[routes]]\nservice = \"whole\"\n";
+    let g = Geolb::start(&cfg).await;
+    let client = g.client(false);
+    let (h, f, _) = burst(&g, 30).await;
+    assert_eq!(f, 0);
+    assert_eq!(count(&h, &["sin-1"]), 0, "{h:?}");
+    for b in a.iter_mut() {
+        b.stop().await;
+    }
+    let (h, failed, _) = burst(&g, 200).await;
+    assert_eq!(failed, 0, "GETs failed while the region died: {h:?}");
+    assert_eq!(count(&h, &["sin-1"]), 200);
+    // Non-idempotent requests whose connect fails are safe to send elsewhere too.
+    for i in 0..50 {
+        let req = Request::post(g.url("/upload"))
+            .header("x-forwarded-for", IP_FRANKFURT)
+            .body(full(format!("order {i}")))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "POST {i}");
+    }
+}

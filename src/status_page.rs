@@ -57,9 +57,12 @@ pub fn render(v: &Value) -> String {
     }
     h.push_str("<h2>recent state changes</h2><ul>");
     for e in v["events"].as_array().into_iter().flatten().take(30) {
+        let t = e["time"].as_f64().unwrap_or(0.0) as u64 % 86_400;
         h.push_str(&format!(
-            "<li>{:.0}: {}</li>",
-            e["time"].as_f64().unwrap_or(0.0),
+            "<li>{:02}:{:02}:{:02} UTC: {}</li>",
+            t / 3600,
+            t / 60 % 60,
+            t % 60,
             esc(e["text"].as_str().unwrap_or(""))
         ));
     }

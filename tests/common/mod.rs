@@ -512,41 +512,18 @@ pub fn write_city_mmdb(dir: &Path) -> PathBuf {
     let ins = |w: &mut Writer, net: &str, r: &geoip2::City| {
         w.insert(net.parse::<IpNet>().unwrap(), r).unwrap()
     };
-    ins(
-        &mut w,
-        "192.0.2.0/25",
-        &rec("DE", "EU", "Frankfurt", 50.11, 8.68),
-    );
-    ins(
-        &mut w,
-        "192.0.2.128/25",
-        &rec("DE", "EU", "Berlin", 52.52, 13.40),
-    );
-    ins(
-        &mut w,
-        "198.51.100.0/24",
-        &rec("SG", "AS", "Singapore", 1.29, 103.85),
-    );
-    ins(
-        &mut w,
-        "203.0.113.0/25",
-        &rec("JP", "AS", "Tokyo", 35.68, 139.75),
-    );
-    ins(
-        &mut w,
-        "203.0.113.128/25",
-        &rec("CN", "AS", "Shanghai", 31.23, 121.47),
-    );
-    ins(
-        &mut w,
-        "2001:db8:1::/48",
-        &rec("DE", "EU", "Frankfurt", 50.11, 8.68),
-    );
-    ins(
-        &mut w,
-        "2001:db8:2::/48",
-        &rec("SG", "AS", "Singapore", 1.29, 103.85),
-    );
+    let cities: [(&str, &'static str, &'static str, &'static str, f64, f64); 7] = [
+        ("192.0.2.0/25", "DE", "EU", "Frankfurt", 50.11, 8.68),
+        ("192.0.2.128/25", "DE", "EU", "Berlin", 52.52, 13.40),
+        ("198.51.100.0/24", "SG", "AS", "Singapore", 1.29, 103.85),
+        ("203.0.113.0/25", "JP", "AS", "Tokyo", 35.68, 139.75),
+        ("203.0.113.128/25", "CN", "AS", "Shanghai", 31.23, 121.47),
+        ("2001:db8:1::/48", "DE", "EU", "Frankfurt", 50.11, 8.68),
+        ("2001:db8:2::/48", "SG", "AS", "Singapore", 1.29, 103.85),
+    ];
+    for (net, cc, cont, name, lat, lon) in cities {
+        ins(&mut w, net, &rec(cc, cont, name, lat, lon));
+    }
     let country_only = geoip2::City {
         country: city::Country {
             iso_code: Some("BR"),

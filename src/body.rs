@@ -1,5 +1,6 @@
 //! Body types: a replayable-until-started streaming request body, and the response body.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,11 @@ use crate::routing::Service;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The client stopped sending its body for longer than `timeouts.request_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body timed out")]
+pub struct BodyTimeout;
+
 /// The body limit was crossed while streaming.
 #[derive(Debug, thiserror::Error)]
 #[error("request body over the limit")]
@@ -25,6 +31,7 @@ pub struct BodySlot {
     body: Mutex<Option<Incoming>>,
     started: AtomicBool,
     over_limit: AtomicBool,
+    timed_out: AtomicBool,
     hint: SizeHint,
 }
 
@@ -35,6 +42,7 @@ impl BodySlot {
             body: Mutex::new(Some(body)),
             started: AtomicBool::new(false),
             over_limit: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
             hint,
         })
     }
@@ -46,6 +54,11 @@ impl BodySlot {
 
     pub fn over_limit(&self) -> bool {
         self.over_limit.load(Ordering::Acquire)
+    }
+
+    /// The client stalled while sending its body.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Acquire)
     }
 }
 
@@ -61,16 +74,21 @@ pub enum ReqBody {
         inner: Option<Incoming>,
         seen: u64,
         limit: Option<u64>,
+        /// Longest wait for the next piece of the client's body; reset on every frame.
+        idle: std::time::Duration,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
     },
 }
 
 impl ReqBody {
-    pub fn stream(slot: Arc<BodySlot>, limit: Option<u64>) -> ReqBody {
+    pub fn stream(slot: Arc<BodySlot>, limit: Option<u64>, idle: std::time::Duration) -> ReqBody {
         ReqBody::Stream {
             slot,
             inner: None,
             seen: 0,
             limit,
+            idle,
+            timer: None,
         }
     }
 }
@@ -91,6 +109,8 @@ impl Body for ReqBody {
                 inner,
                 seen,
                 limit,
+                idle,
+                timer,
             } => {
                 if inner.is_none() {
                     slot.started.store(true, Ordering::Release);
@@ -99,7 +119,17 @@ impl Body for ReqBody {
                 let Some(body) = inner.as_mut() else {
                     return Poll::Ready(None);
                 };
-                match Pin::new(body).poll_frame(cx) {
+                let polled = Pin::new(body).poll_frame(cx);
+                if polled.is_pending() {
+                    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
+                    if t.as_mut().poll(cx).is_ready() {
+                        slot.timed_out.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+                    }
+                    return Poll::Pending;
+                }
+                *timer = None;
+                match polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(d) = frame.data_ref() {
                             *seen += d.len() as u64;

@@ -35,6 +35,8 @@ pub enum ProxyError {
     RequestTimeout,
     #[error("client request body failed")]
     ClientBody,
+    #[error("client stopped sending its request body")]
+    ClientBodyTimeout,
     #[error("retry budget exhausted")]
     RetryBudget,
 }
@@ -46,6 +48,7 @@ impl ProxyError {
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::BadRequest(_) | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoHealthyBackend | ProxyError::RetryBudget => {
@@ -74,6 +77,7 @@ impl ProxyError {
             ProxyError::UpstreamReset => "upstream_reset",
             ProxyError::RequestTimeout => "request_timeout",
             ProxyError::ClientBody => "client_body",
+            ProxyError::ClientBodyTimeout => "client_body_timeout",
             ProxyError::RetryBudget => "retry_budget",
         }
     }

@@ -275,9 +275,11 @@ async fn route_request(
         && svc.retry.attempts > 1
         && content_length.is_some_and(|l| l <= svc.retry.buffer_bytes)
     {
-        match buffer_small(body, svc.retry.buffer_bytes).await {
-            Ok(b) => BodyPlan::Buffered(b),
-            Err(_) => return Err(err(ProxyError::ClientBody)),
+        let read = buffer_small(body, svc.retry.buffer_bytes);
+        match tokio::time::timeout(settings.timeouts.request_body, read).await {
+            Ok(Ok(b)) => BodyPlan::Buffered(b),
+            Ok(Err(_)) => return Err(err(ProxyError::ClientBody)),
+            Err(_) => return Err(err(ProxyError::ClientBodyTimeout)),
         }
     } else {
         BodyPlan::Stream(BodySlot::new(body))
@@ -350,7 +352,11 @@ async fn route_request(
             BodyPlan::Empty => ReqBody::Empty,
             BodyPlan::Buffered(b) => ReqBody::Full(Some(b.clone())),
             BodyPlan::Stream(slot) if slot.started() => break,
-            BodyPlan::Stream(slot) => ReqBody::stream(slot.clone(), settings.limits.max_body_bytes),
+            BodyPlan::Stream(slot) => ReqBody::stream(
+                slot.clone(),
+                settings.limits.max_body_bytes,
+                settings.timeouts.request_body,
+            ),
         };
         let uri = Uri::builder()
             .scheme(backend.scheme.clone())
@@ -445,8 +451,13 @@ async fn route_request(
         if outcome == ProxyError::BodyTooLarge {
             return Err(err(outcome));
         }
-        if matches!(&plan, BodyPlan::Stream(slot) if slot.over_limit()) {
-            return Err(err(ProxyError::BodyTooLarge));
+        if let BodyPlan::Stream(slot) = &plan {
+            if slot.over_limit() {
+                return Err(err(ProxyError::BodyTooLarge));
+            }
+            if slot.timed_out() {
+                return Err(err(ProxyError::ClientBodyTimeout));
+            }
         }
         passive_failure(svc, pick.backend, &shared.events);
         last_err = outcome;

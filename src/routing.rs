@@ -273,6 +273,8 @@ pub struct Timeouts {
     pub request: Option<Duration>,
     pub shutdown_drain: Duration,
     pub proxy_protocol: Duration,
+    /// Longest pause while the client sends a request body (then 408).
+    pub request_body: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

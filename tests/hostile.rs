@@ -179,3 +179,31 @@ async fn the_connection_limit_holds_and_frees_up() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_client_that_stalls_its_body_gets_408_and_the_backend_is_not_blamed() {
+    let (g, _b) = setup("[timeouts]\nrequest_body = \"300ms\"\n").await;
+    for (method, path) in [("POST", "/upload"), ("PUT", "/upload")] {
+        let mut s = tokio::net::TcpStream::connect(g.http.unwrap())
+            .await
+            .unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n0123456789"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("no answer to a stalled body")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{method}: {text}");
+    }
+    // The backend was not ejected for the client's fault.
+    let snap = g.shared().snapshot.load();
+    assert!(
+        snap.table.services[0].backends[0]
+            .health
+            .is_available(geolb::health::now_ms())
+    );
+}

@@ -503,10 +503,16 @@ impl Compiler<'_, '_> {
                 &t.proxy_protocol,
                 Duration::from_secs(5),
             ),
+            request_body: self.duration(
+                "timeouts.request_body",
+                &t.request_body,
+                Duration::from_secs(60),
+            ),
         };
         for (name, d) in [
             ("tls_handshake", timeouts.tls_handshake),
             ("request_header", timeouts.request_header),
+            ("request_body", timeouts.request_body),
             ("upstream_connect", timeouts.upstream_connect),
             (
                 "upstream_response_header",

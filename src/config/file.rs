@@ -81,6 +81,7 @@ pub struct TimeoutsFile {
     pub request: Option<String>,
     pub shutdown_drain: Option<String>,
     pub proxy_protocol: Option<String>,
+    pub request_body: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

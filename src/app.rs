@@ -113,13 +113,17 @@ impl Shared {
         let _guard = self.reload_lock.lock().await;
         let now = unix_now();
         let path = self.config_path.clone();
-        let result = {
+        // Parsing, certificate and database loading block: keep them off the proxy's threads.
+        let sh = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
             let ctx = CompileCtx {
-                health: &self.health,
-                pool: &self.pool,
+                health: &sh.health,
+                pool: &sh.pool,
             };
             config::load(&path, &ctx)
-        };
+        })
+        .await
+        .unwrap_or_else(|e| Err(one_error(&self.config_path, format!("reload failed: {e}"))));
         let mut st = self.reload_status.lock().unwrap_or_else(|e| e.into_inner());
         st.last_attempt = Some(now);
         match result.and_then(|c| self.publish(c)) {

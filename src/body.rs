@@ -29,9 +29,15 @@ pub struct OverLimit;
 #[derive(Debug)]
 pub struct BodySlot {
     body: Mutex<Option<Incoming>>,
+    /// Claimed by the first attempt that polls it; only that attempt may ever read it.
     started: AtomicBool,
     over_limit: AtomicBool,
     timed_out: AtomicBool,
+    /// The client's body failed (bad framing, reset): the client's fault, not the backend's.
+    client_failed: AtomicBool,
+    /// The whole body was handed to the upstream connection.
+    finished: AtomicBool,
+    finished_notify: tokio::sync::Notify,
     hint: SizeHint,
 }
 
@@ -43,6 +49,9 @@ impl BodySlot {
             started: AtomicBool::new(false),
             over_limit: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
+            client_failed: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            finished_notify: tokio::sync::Notify::new(),
             hint,
         })
     }
@@ -60,7 +69,34 @@ impl BodySlot {
     pub fn timed_out(&self) -> bool {
         self.timed_out.load(Ordering::Acquire)
     }
+
+    /// The client's body itself failed (malformed chunking, reset stream).
+    pub fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::Acquire)
+    }
+
+    fn finish(&self) {
+        if !self.finished.swap(true, Ordering::AcqRel) {
+            self.finished_notify.notify_waiters();
+        }
+    }
+
+    /// Resolves once the whole body has been handed upstream (the backend's response clock
+    /// starts then, so a slow upload is never blamed on the backend).
+    pub async fn sent(&self) {
+        let notified = self.finished_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.finished.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
 }
+
+/// The body was already claimed by an earlier attempt: it cannot be sent twice.
+#[derive(Debug, thiserror::Error)]
+#[error("request body already consumed by an earlier attempt")]
+pub struct AlreadyClaimed;
 
 /// Request body sent upstream.
 #[derive(Debug)]
@@ -113,10 +149,14 @@ impl Body for ReqBody {
                 timer,
             } => {
                 if inner.is_none() {
-                    slot.started.store(true, Ordering::Release);
+                    // Claim the body once; a later attempt must fail rather than send nothing.
+                    if slot.started.swap(true, Ordering::AcqRel) {
+                        return Poll::Ready(Some(Err(Box::new(AlreadyClaimed))));
+                    }
                     *inner = slot.body.lock().unwrap_or_else(|e| e.into_inner()).take();
                 }
                 let Some(body) = inner.as_mut() else {
+                    slot.finish();
                     return Poll::Ready(None);
                 };
                 let polled = Pin::new(body).poll_frame(cx);
@@ -138,10 +178,20 @@ impl Body for ReqBody {
                                 return Poll::Ready(Some(Err(Box::new(OverLimit))));
                             }
                         }
+                        if inner.as_ref().is_some_and(|b| b.is_end_stream()) {
+                            slot.finish();
+                        }
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-                    other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+                    Poll::Ready(Some(Err(e))) => {
+                        slot.client_failed.store(true, Ordering::Release);
+                        Poll::Ready(Some(Err(Box::new(e))))
+                    }
+                    Poll::Ready(None) => {
+                        slot.finish();
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
             }
         }

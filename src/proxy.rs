@@ -289,6 +289,19 @@ async fn route_request(
     let version = parts.version;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::strip_geolb(&mut parts.headers);
+    if version == Version::HTTP_2 {
+        // RFC 9113 §8.2.3: split cookie fields are joined before going to HTTP/1.1.
+        headers::join_cookies(&mut parts.headers);
+    }
+    // A body of unknown length must be sent chunked; hyper would otherwise send GET/HEAD
+    // bodies as empty. (Only for HTTP/1.1 backends; h2 frames bodies itself.)
+    if matches!(plan, BodyPlan::Stream(_)) && content_length.is_none() && !svc.client_key.http2_alpn
+    {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     headers::append_xff(&mut parts.headers, conn.source.to_canonical());
     let h = &mut parts.headers;
     h.insert(
@@ -378,21 +391,24 @@ async fn route_request(
             }
         }
         let guard = InflightGuard::new(backend.health.clone(), svc.clone());
-        if attempt > 0 {
-            svc.retries_active.fetch_add(1, Relaxed);
-        }
-        let sent = tokio::time::timeout(
-            settings.timeouts.upstream_response_header,
-            svc.client.request(up),
-        )
-        .await;
-        if attempt > 0 {
-            svc.retries_active.fetch_sub(1, Relaxed);
-        }
+        let _retry = (attempt > 0).then(|| RetryGuard::new(svc));
+        // The backend's response clock starts once the request body is fully sent: a slow
+        // upload is the client's business (see timeouts.request_body), not the backend's.
+        let body_sent = async {
+            if let BodyPlan::Stream(slot) = &plan {
+                slot.sent().await;
+            }
+            tokio::time::sleep(settings.timeouts.upstream_response_header).await;
+        };
+        let sent = tokio::select! {
+            r = svc.client.request(up) => Ok(r),
+            () = body_sent => Err(()),
+        };
         let replayable = match &plan {
             BodyPlan::Stream(slot) => !slot.started(),
             _ => true,
         };
+        let mut sent_err_source: Option<bool> = None;
         let outcome = match sent {
             Ok(Ok(mut resp)) => {
                 let status = resp.status();
@@ -437,7 +453,10 @@ async fn route_request(
                 };
                 return Ok((out_resp, route_idx, sr));
             }
-            Ok(Err(e)) => upstream::classify(&e),
+            Ok(Err(e)) => {
+                sent_err_source = Some(upstream::body_side(&e));
+                upstream::classify(&e)
+            }
             Err(_) => ProxyError::UpstreamTimeout,
         };
         drop(guard);
@@ -458,8 +477,14 @@ async fn route_request(
             if slot.timed_out() {
                 return Err(err(ProxyError::ClientBodyTimeout));
             }
+            if slot.client_failed() {
+                return Err(err(ProxyError::ClientBody));
+            }
         }
-        passive_failure(svc, pick.backend, &shared.events);
+        // Failures caused by the request body (not the backend) do not count against it.
+        if !matches!(sent_err_source, Some(true)) {
+            passive_failure(svc, pick.backend, &shared.events);
+        }
         last_err = outcome;
         let may_retry = match outcome {
             ProxyError::UpstreamConnect | ProxyError::UpstreamConnectTimeout => {
@@ -473,6 +498,22 @@ async fn route_request(
         }
     }
     Err(err(last_err))
+}
+
+/// Counts a retry in flight for the service's retry budget; released however the attempt ends.
+struct RetryGuard<'a>(&'a Service);
+
+impl<'a> RetryGuard<'a> {
+    fn new(svc: &'a Service) -> Self {
+        svc.retries_active.fetch_add(1, Relaxed);
+        RetryGuard(svc)
+    }
+}
+
+impl Drop for RetryGuard<'_> {
+    fn drop(&mut self) {
+        self.0.retries_active.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Record a passive failure, respecting the region's ejection cap.
@@ -514,6 +555,11 @@ fn finish_response(
     *out.version_mut() = Version::HTTP_11;
     let mut h = std::mem::take(resp.headers_mut());
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // RFC 9112 §6.3: with Transfer-Encoding present, Content-Length is not the length of
+        // the decoded body; drop it and let the client connection frame the body itself.
+        if h.contains_key(header::TRANSFER_ENCODING) {
+            h.remove(header::CONTENT_LENGTH);
+        }
         headers::strip_hop_by_hop(&mut h, false);
     }
     if add_region {

@@ -125,10 +125,15 @@ pub fn watch(shared: Arc<Shared>) -> Result<(), String> {
                 continue; // unrelated file, or the config is mid-replacement
             }
             tracing::info!(path = %sh.config_path.display(), "configuration files changed; reloading");
+            // Fingerprint before loading: an edit made during the reload is seen next time.
+            last = now;
             let _ = sh.reload().await;
-            files = watched_files(&sh);
-            add_watches(&mut watcher, &mut watching, dirs_of(&files));
-            last = fingerprint(&files);
+            let new_files = watched_files(&sh);
+            if new_files != files {
+                add_watches(&mut watcher, &mut watching, dirs_of(&new_files));
+                last = fingerprint(&new_files);
+                files = new_files;
+            }
         }
     });
     Ok(())

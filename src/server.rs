@@ -297,7 +297,7 @@ fn redirect(req: &Request<Incoming>, port: u16) -> Response<RespBody> {
         return crate::error::ProxyError::BadRequest("missing Host header").response();
     }
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let host = if host.contains(':') {
+    let host = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
     } else {
         host

@@ -125,6 +125,26 @@ fn build_client(key: &ClientKey) -> Result<UpstreamClient, String> {
     Ok(cb.build(connector))
 }
 
+/// Did the request body (the client's side) cause this error rather than the backend?
+pub fn body_side(err: &hyper_util::client::legacy::Error) -> bool {
+    let mut src = err.source();
+    while let Some(e) = src {
+        if e.is::<OverLimit>()
+            || e.is::<crate::body::BodyTimeout>()
+            || e.is::<crate::body::AlreadyClaimed>()
+        {
+            return true;
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                return true;
+            }
+        }
+        src = e.source();
+    }
+    false
+}
+
 /// Map an upstream client error to the request-level error.
 pub fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
     let mut src = err.source();

@@ -207,3 +207,145 @@ async fn a_client_that_stalls_its_body_gets_408_and_the_backend_is_not_blamed() 
             .is_available(geolb::health::now_ms())
     );
 }
+
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("no answer");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_client_bodies_do_not_eject_backends() {
+    let (g, _b) = setup("").await;
+    for _ in 0..8 {
+        let text = raw_exchange(
+            g.http.unwrap(),
+            b"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\nZZ\r\n",
+        )
+        .await;
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 400"),
+            "{text}"
+        );
+    }
+    let snap = g.shared().snapshot.load();
+    let h = &snap.table.services[0].backends[0].health;
+    assert!(
+        h.is_available(geolb::health::now_ms()),
+        "a client's broken body ejected the backend"
+    );
+    assert_eq!(h.ejections(), 0);
+}
+
+#[tokio::test]
+async fn a_get_with_a_chunked_body_is_forwarded_whole() {
+    let (g, _b) = setup("").await;
+    let text = raw_exchange(
+        g.http.unwrap(),
+        b"GET /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"bytes\":11"), "{text}");
+}
+
+#[tokio::test]
+async fn h2c_upgrades_are_not_tunnelled() {
+    let (g, _b) = setup("").await;
+    let text = raw_exchange(
+        g.http.unwrap(),
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("\"upgrade\""),
+        "the Upgrade header reached the backend: {text}"
+    );
+    assert!(
+        !text.to_ascii_lowercase().contains("http2-settings"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn h2_cookies_are_joined_for_http11_backends() {
+    let (g, _b) = setup("").await;
+    let req = Request::get(g.url("/"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(full(""))
+        .unwrap();
+    let resp = g.client(true).request(req).await.unwrap();
+    let v = echo_json(
+        &http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes(),
+    );
+    assert_eq!(v["headers"]["cookie"], serde_json::json!(["a=1; b=2"]));
+}
+
+#[tokio::test]
+async fn a_backend_sending_both_content_length_and_chunked_cannot_truncate_responses() {
+    // A hand-written backend that frames its response both ways (RFC 9112 §6.3 says chunked wins).
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let (dir, certs) = prepare();
+    let cfg = base_config(dir.path())
+        + &format!(
+            "[services.lying]\nbackends = [{{ region = \"eu-central\", address = \"{addr}\" }}]\n[[routes]]\nservice = \"lying\"\n"
+        );
+    let g = Geolb::start_raw(dir, certs, &cfg, false).await;
+    let (status, headers, body) = get_as(&g.client(false), &g.url("/"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"hello world");
+    assert!(
+        headers.get("content-length").is_none_or(|v| v == "11"),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_upload_is_not_a_slow_backend() {
+    // The backend's response clock starts when the body is fully sent.
+    let (g, b) =
+        setup("[timeouts]\nupstream_response_header = \"300ms\"\nrequest_body = \"10s\"\n").await;
+    let mut s = tokio::net::TcpStream::connect(g.http.unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\nConnection: close\r\n\r\n01234").await.unwrap();
+    // The client pauses for longer than the upstream response timeout before the rest.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    s.write_all(b"56789").await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"bytes\":10"), "{text}");
+    let snap = g.shared().snapshot.load();
+    assert!(
+        snap.table.services[0].backends[0]
+            .health
+            .is_available(geolb::health::now_ms())
+    );
+    assert_eq!(b.hits(), 1);
+}

@@ -446,3 +446,34 @@ async fn a_removed_backend_is_no_longer_checked_and_its_connections_close() {
     // Requests keep working on what is left.
     assert_eq!(get_as(&c, &g.url("/"), None).await.0, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_health_checks_brings_a_checked_down_backend_back() {
+    let a = TestBackend::spawn("fra-1", "eu-central").await;
+    let b = TestBackend::spawn("fra-2", "eu-central").await;
+    a.mode.store(MODE_HEALTH_FAIL, Ordering::Relaxed);
+    let checks = "[services.app]\nhealth = { path = \"/healthz\", interval = \"50ms\", unhealthy = 1 }\nspillover = { failback_delay = \"0s\" }\n";
+    let g = Geolb::start(&routes(&a, &b, 1, "").replace("[services.app]\n", checks)).await;
+    let name = a.addr.to_string();
+    let health = {
+        let snap = g.shared().snapshot.load();
+        snap.table.services[0]
+            .backends
+            .iter()
+            .find(|x| *x.name == name)
+            .unwrap()
+            .health
+            .clone()
+    };
+    eventually("fra-1 down", || !health.is_up()).await;
+    let text = std::fs::read_to_string(&g.config).unwrap().replace(
+        "health = { path = \"/healthz\", interval = \"50ms\", unhealthy = 1 }\n",
+        "",
+    );
+    std::fs::write(&g.config, text).unwrap();
+    g.shared().reload().await.unwrap();
+    assert!(
+        health.is_up(),
+        "with no checks left, nothing would ever bring fra-1 back"
+    );
+}

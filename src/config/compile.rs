@@ -762,6 +762,13 @@ impl Compiler<'_, '_> {
         if check.is_none() && !initial_up {
             self.err(&format!("{p}.health.initial"), "\"unhealthy\" needs active health checks (set `path` or `kind`), or backends never come up");
         }
+        if check.is_none() && self.errors.len() == errors_before {
+            // Nothing will ever re-check these backends: a state left down by checks that were
+            // removed in this reload must not keep them out of rotation forever.
+            for b in &backends {
+                b.health.force_up();
+            }
+        }
         if s.passive.max_ejection_percent.is_some_and(|v| v > 100) {
             self.err(
                 &format!("{p}.passive.max_ejection_percent"),

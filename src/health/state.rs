@@ -116,6 +116,15 @@ impl BackendHealth {
         None
     }
 
+    /// Mark up without a check (the service no longer has active checks). Passive ejection
+    /// still applies.
+    pub fn force_up(&self) {
+        if !self.up.swap(true, Relaxed) {
+            self.up_since_ms.store(now_ms(), Relaxed);
+            self.transitions.fetch_add(1, Relaxed);
+        }
+    }
+
     /// A live request succeeded.
     pub fn observe_success(&self) {
         if self.passive_failures.load(Relaxed) != 0 {

@@ -89,9 +89,15 @@ pub struct Shared {
 
 impl Shared {
     /// Tunnel an upgraded (WebSocket) connection until either side closes or shutdown.
-    pub fn spawn_tunnel(&self, client: OnUpgrade, upstream: OnUpgrade) {
+    pub fn spawn_tunnel(
+        &self,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+        permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         let hard = self.hard.clone();
         self.tasks.spawn(async move {
+            let _permit = permit; // the tunnel keeps its connection slot
             let (Ok(c), Ok(u)) = tokio::join!(client, upstream) else {
                 tracing::debug!("upgrade failed on one side");
                 return;

@@ -36,6 +36,8 @@ pub struct ConnInfo {
     pub activity: ConnActivity,
     /// `geolb_requests_active{listener}`.
     pub requests_active: metrics::Gauge,
+    /// The listener's connection slot, held while the connection (or its tunnel) lives.
+    pub permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Requests in flight on a connection (until their response body ends) and when the last
@@ -442,7 +444,7 @@ async fn route_request(
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client) = client_upgrade {
                         let upstream_up = hyper::upgrade::on(&mut resp);
-                        shared.spawn_tunnel(client, upstream_up);
+                        shared.spawn_tunnel(client, upstream_up, conn.permit.clone());
                     }
                 }
                 *out_resp.body_mut() = RespBody::Upstream {

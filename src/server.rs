@@ -94,9 +94,10 @@ pub async fn accept_loop(
         let shared2 = shared.clone();
         let active2 = active.clone();
         shared.tasks.spawn(async move {
-            serve_conn(stream, peer, kind, shared2).await;
+            // The permit travels with the connection (and any WebSocket tunnel it becomes), so
+            // `max_connections` also bounds upgraded connections.
+            serve_conn(stream, peer, kind, shared2, Arc::new(permit)).await;
             active2.decrement(1.0);
-            drop(permit);
         });
     }
 }
@@ -106,6 +107,7 @@ async fn serve_conn(
     peer: SocketAddr,
     kind: ListenerKind,
     shared: Arc<Shared>,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let snap = shared.snapshot.load_full();
     let settings = &snap.settings;
@@ -168,6 +170,7 @@ async fn serve_conn(
                 peer,
                 source,
                 activity: Default::default(),
+                permit: permit.clone(),
                 requests_active: metrics::gauge!(crate::metrics::REQUESTS_ACTIVE, "listener" => "https"),
                 tls: Some(TlsConnInfo {
                     certs: tls.certs.clone(),
@@ -187,6 +190,7 @@ async fn serve_conn(
                 peer,
                 source,
                 activity: Default::default(),
+                permit: permit.clone(),
                 requests_active: metrics::gauge!(crate::metrics::REQUESTS_ACTIVE, "listener" => "http"),
                 tls: None,
             };

@@ -349,3 +349,41 @@ async fn a_slow_upload_is_not_a_slow_backend() {
     );
     assert_eq!(b.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_count_against_the_connection_limit() {
+    use futures_util::SinkExt;
+    let (g, _b) = setup("[limits]\nmax_connections = 1\n").await;
+    let addr = g.http.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)
+        .await
+        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    // While the tunnel is open, a second connection is not served …
+    let second = tokio::spawn(async move {
+        get_as(&plain_client(), &format!("http://{addr}/"), None)
+            .await
+            .0
+    });
+    let waited = tokio::time::timeout(Duration::from_millis(300), async {
+        while !second.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_err(),
+        "a connection beyond the limit was served while a tunnel was open"
+    );
+    // … and is once the tunnel closes.
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let status = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("never served")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}

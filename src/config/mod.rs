@@ -5,6 +5,7 @@ pub mod compile;
 pub mod diag;
 pub mod diff;
 pub mod file;
+mod service;
 mod values;
 
 pub use compile::{CompileCtx, Compiled, compile_str, load};

@@ -19,7 +19,46 @@ use crate::error::ProxyError;
 use crate::tls::{load_certs, load_key};
 
 /// A pooled client; cheap to clone (shares the pool).
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ReqBody>;
+pub type UpstreamClient = Client<ConnectTimeout, ReqBody>;
+
+/// The TLS-capable connector with one deadline over TCP connect *and* TLS handshake, so a
+/// backend that stalls its handshake fails over like one that refuses connections.
+#[derive(Clone)]
+pub struct ConnectTimeout {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+type Conn = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for ConnectTimeout {
+    type Response = Conn;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Conn, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let fut = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "upstream connect (TCP + TLS) timed out",
+                )) as BoxError),
+            }
+        })
+    }
+}
 
 /// Everything that distinguishes one connection pool from another.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -106,10 +145,14 @@ fn build_client(key: &ClientKey) -> Result<UpstreamClient, String> {
         }
         None => b,
     };
-    let connector = if key.http2_alpn || key.http2_prior_knowledge {
+    let inner = if key.http2_alpn || key.http2_prior_knowledge {
         b.enable_all_versions().wrap_connector(http)
     } else {
         b.enable_http1().wrap_connector(http)
+    };
+    let connector = ConnectTimeout {
+        inner,
+        timeout: key.connect_timeout,
     };
     let mut cb = Client::builder(TokioExecutor::new());
     cb.timer(TokioTimer::new())

@@ -125,3 +125,40 @@ async fn http2_to_backends_by_alpn_and_prior_knowledge() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(echo_json(&body)["version"], "HTTP/2.0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stalls_its_tls_handshake_fails_over_within_the_connect_timeout() {
+    // Accepts TCP, never answers the ClientHello.
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_addr = stall.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = stall.accept().await {
+            held.push(s);
+        }
+    });
+    let good = TestBackend::spawn("sin-1", "ap-southeast").await;
+    let cfg = format!(
+        "[timeouts]\nupstream_connect = \"300ms\"\n\n[services.mixed]\nupstream_tls = {{ server_name = \"backend.internal\" }}\nbackends = [\n  {{ region = \"eu-central\", url = \"https://{stall_addr}\" }},\n  {{ region = \"ap-southeast\", address = \"{}\" }},\n]\n[[routes]]\nservice = \"mixed\"\n",
+        good.addr
+    );
+    let g = Geolb::start(&cfg).await;
+    // A POST: replayable only because nothing was sent before the connect phase failed.
+    let req = http::Request::post(g.url("/upload"))
+        .header("x-forwarded-for", IP_FRANKFURT)
+        .body(full("order"))
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, g.client(false).request(req))
+        .await
+        .expect("stuck on the stalled handshake")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v = echo_json(
+        &http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes(),
+    );
+    assert_eq!(v["backend"], "sin-1");
+    assert_eq!(v["bytes"], 5);
+}

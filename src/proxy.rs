@@ -522,6 +522,7 @@ impl Drop for RetryGuard<'_> {
 fn passive_failure(svc: &Service, b: usize, events: &crate::events::EventLog) {
     let backend = &svc.backends[b];
     let region = &svc.regions[backend.region];
+    let _serial = region.eject_lock.lock().unwrap_or_else(|e| e.into_inner());
     let now = now_ms();
     // Only ejections of actively healthy backends count against the cap: passive detection
     // alone may not empty a region, but a backend the checker already failed costs nothing.

@@ -63,6 +63,9 @@ pub struct ServiceRegion {
     pub ring: Box<[(u64, usize)]>,
     /// Requests this region answered since the configuration was loaded.
     pub served: std::sync::atomic::AtomicU64,
+    /// Serialises "count ejected, then eject" on the (rare) failure path so concurrent
+    /// failures cannot overshoot the ejection cap.
+    pub eject_lock: std::sync::Mutex<()>,
 }
 
 /// Where the hash for `lb = "hash"` comes from.

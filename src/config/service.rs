@@ -474,5 +474,6 @@ fn build_region(region: usize, idx: Vec<usize>, backends: &[Backend]) -> Service
         rr_next: AtomicUsize::new(0),
         ring: ring.into(),
         served: std::sync::atomic::AtomicU64::new(0),
+        eject_lock: std::sync::Mutex::new(()),
     }
 }

@@ -490,3 +490,16 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.tasks.wait()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn histogram_buckets_are_read_ahead_of_the_full_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.toml");
+        std::fs::write(&p, "[metrics]\nbuckets = [0.01, 0.1, 1]\n").unwrap();
+        assert_eq!(super::preparse_buckets(&p), vec![0.01, 0.1, 1.0]);
+        std::fs::write(&p, "not toml [").unwrap();
+        assert!(super::preparse_buckets(&p).is_empty());
+    }
+}

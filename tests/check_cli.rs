@@ -103,3 +103,68 @@ fn bad_durations_and_addresses_are_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn the_shipped_configurations_are_valid() {
+    for file in ["conf/routes.toml", "conf/demo.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let out = Command::new(env!("CARGO_BIN_EXE_geolb"))
+            .arg("check")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[path = "common/mod.rs"]
+mod common;
+
+#[test]
+fn explain_prints_the_decision_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::write_city_mmdb(dir.path());
+    let cfg = GOOD.replace("[regions.eu]", &format!("[geo]\ndatabase = \"{}\"\n\n[regions.ap]\nlocation = [1.29, 103.85]\n\n[regions.eu]", db.display()))
+        .replace("backends = [{ region = \"eu\", address = \"127.0.0.1:9\" }]", "backends = [{ region = \"eu\", address = \"127.0.0.1:9\" }, { region = \"ap\", address = \"127.0.0.1:10\" }]");
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_geolb"))
+        .args([
+            "explain",
+            "--config",
+            path.to_str().unwrap(),
+            "--ip",
+            common::IP_SINGAPORE,
+            "--host",
+            "example.com",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["geo"]["country"], "SG");
+    assert_eq!(v["route"]["service"], "app");
+    assert_eq!(v["candidates"][0]["region"], "ap");
+    assert_eq!(v["chosen"]["region"], "ap");
+}
+
+#[test]
+fn bad_histogram_buckets_are_an_error() {
+    let (code, _, err) = check(&GOOD.replace(
+        "[regions.eu]",
+        "[metrics]\nbuckets = [1.0, 0.5]\n\n[regions.eu]",
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("metrics.buckets: buckets must be positive seconds in increasing order"),
+        "{err}"
+    );
+}

@@ -94,6 +94,7 @@ impl Shared {
         client: OnUpgrade,
         upstream: OnUpgrade,
         permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+        idle: Duration,
     ) {
         let hard = self.hard.clone();
         self.tasks.spawn(async move {
@@ -102,14 +103,29 @@ impl Shared {
                 tracing::debug!("upgrade failed on one side");
                 return;
             };
-            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-            tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "tunnel closed with an error");
+            let last = Arc::new(std::sync::atomic::AtomicU64::new(crate::health::now_ms()));
+            let mut c = crate::tunnel::Tracked::new(TokioIo::new(c), last.clone());
+            let mut u = TokioIo::new(u);
+            let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
+            tokio::pin!(copy);
+            let tick = (idle / 4).max(Duration::from_millis(20));
+            loop {
+                tokio::select! {
+                    r = &mut copy => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "tunnel closed with an error");
+                        }
+                        return;
+                    }
+                    _ = hard.cancelled() => return,
+                    _ = tokio::time::sleep(tick) => {
+                        let quiet = crate::health::now_ms().saturating_sub(last.load(Ordering::Relaxed));
+                        if quiet >= idle.as_millis() as u64 {
+                            tracing::debug!("tunnel idle for {quiet} ms; closing");
+                            return;
+                        }
                     }
                 }
-                _ = hard.cancelled() => {}
             }
         });
     }

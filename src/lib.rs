@@ -25,6 +25,7 @@ pub mod select;
 pub mod server;
 pub mod status_page;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 
 pub use app::{App, Options, Running, StartError};

@@ -444,7 +444,12 @@ async fn route_request(
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client) = client_upgrade {
                         let upstream_up = hyper::upgrade::on(&mut resp);
-                        shared.spawn_tunnel(client, upstream_up, conn.permit.clone());
+                        shared.spawn_tunnel(
+                            client,
+                            upstream_up,
+                            conn.permit.clone(),
+                            settings.timeouts.tunnel_idle,
+                        );
                     }
                 }
                 *out_resp.body_mut() = RespBody::Upstream {

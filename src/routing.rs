@@ -278,6 +278,8 @@ pub struct Timeouts {
     pub proxy_protocol: Duration,
     /// Longest pause while the client sends a request body (then 408).
     pub request_body: Duration,
+    /// An upgraded (WebSocket) tunnel with no traffic either way for this long is closed.
+    pub tunnel_idle: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -387,3 +387,31 @@ async fn websocket_tunnels_count_against_the_connection_limit() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_websocket_tunnels_are_closed_busy_ones_are_not() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (g, _b) = setup("[timeouts]\ntunnel_idle = \"1s\"\n").await;
+    let addr = g.http.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)
+        .await
+        .unwrap();
+    // Busy: a message every 100 ms for about a second keeps the tunnel open.
+    for i in 0..10 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        let back = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), format!("m{i}"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Idle: geolb closes it.
+    let end = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("an idle tunnel was never closed");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+}

@@ -511,11 +511,17 @@ impl Compiler<'_, '_> {
                 &t.request_body,
                 Duration::from_secs(60),
             ),
+            tunnel_idle: self.duration(
+                "timeouts.tunnel_idle",
+                &t.tunnel_idle,
+                Duration::from_secs(3600),
+            ),
         };
         for (name, d) in [
             ("tls_handshake", timeouts.tls_handshake),
             ("request_header", timeouts.request_header),
             ("request_body", timeouts.request_body),
+            ("tunnel_idle", timeouts.tunnel_idle),
             ("upstream_connect", timeouts.upstream_connect),
             (
                 "upstream_response_header",

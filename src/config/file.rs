@@ -82,6 +82,7 @@ pub struct TimeoutsFile {
     pub shutdown_drain: Option<String>,
     pub proxy_protocol: Option<String>,
     pub request_body: Option<String>,
+    pub tunnel_idle: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -101,6 +101,8 @@ pub struct TlsConnInfo {
     pub cert_idx: usize,
     pub version: &'static str,
     pub alpn: &'static str,
+    /// The SNI name the client sent (lowercase), if any.
+    pub sni: Option<Box<str>>,
 }
 
 static VIA_11: HeaderValue = HeaderValue::from_static("1.1 geolb");
@@ -199,7 +201,13 @@ async fn route_request(
         None => match host_hdr.map(|h| h.to_str()) {
             Some(Ok(h)) => h,
             Some(Err(_)) => return Err((ProxyError::BadRequest("invalid Host header"), None)),
-            None if req.version() == Version::HTTP_10 => "",
+            // HTTP/1.0 may omit Host: over TLS the SNI name stands in for it (so the 421
+            // check still applies); in plain HTTP only a catch-all route can match.
+            None if req.version() == Version::HTTP_10 => conn
+                .tls
+                .as_ref()
+                .and_then(|t| t.sni.as_deref())
+                .unwrap_or(""),
             None => return Err((ProxyError::BadRequest("missing Host header"), None)),
         },
     };

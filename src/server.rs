@@ -177,6 +177,7 @@ async fn serve_conn(
                     cert_idx: tls.certs.index_for(sni.as_deref()),
                     version,
                     alpn,
+                    sni: sni.map(String::into_boxed_str),
                 }),
             };
             let h2_only = alpn == "h2";

@@ -394,3 +394,17 @@ async fn connect_and_trace_are_refused() {
     }
     assert_eq!(b.hits(), 0);
 }
+
+#[tokio::test]
+async fn http10_without_host_over_tls_uses_the_sni_name() {
+    let (g, _b) = one_backend("").await;
+    let mut tls = g.tls_connect("b.other.test", &[b"http/1.1"]).await;
+    tls.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut buf))
+        .await
+        .expect("no answer");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(text.contains("\"host\":[\"b.other.test\"]"), "{text}");
+}

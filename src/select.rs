@@ -114,7 +114,8 @@ pub fn order_regions(
         };
     }
 
-    if let Some(l) = loc {
+    // Distances for display in fixed orders (the distance rule computed them already).
+    if let (Some(l), false) = (loc, distance) {
         for p in 0..o.len {
             let r = &regions[svc.regions[o.idx[p]].region];
             o.dist_km[p] = distance_km(l.lat, l.lon, r.lat, r.lon);

@@ -160,14 +160,8 @@ async fn the_connection_limit_holds_and_frees_up() {
         .await
         .map(|r| r.status())
     });
-    let waited = tokio::time::timeout(Duration::from_millis(300), async {
-        while !third.is_finished() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
     assert!(
-        waited.is_err(),
+        still_pending_after(&third, Duration::from_millis(300)).await,
         "a third connection was served beyond max_connections = 2"
     );
     // … and is served as soon as one closes.
@@ -368,14 +362,8 @@ async fn websocket_tunnels_count_against_the_connection_limit() {
             .await
             .0
     });
-    let waited = tokio::time::timeout(Duration::from_millis(300), async {
-        while !second.is_finished() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
     assert!(
-        waited.is_err(),
+        still_pending_after(&second, Duration::from_millis(300)).await,
         "a connection beyond the limit was served while a tunnel was open"
     );
     // … and is once the tunnel closes.

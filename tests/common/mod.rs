@@ -853,3 +853,15 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// True when `task` is still running after `window`: used to show something is *not* served
+/// (a false pass on a slow machine is possible, a false failure is not).
+pub async fn still_pending_after<T>(task: &tokio::task::JoinHandle<T>, window: Duration) -> bool {
+    tokio::time::timeout(window, async {
+        while !task.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_err()
+}

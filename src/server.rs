@@ -93,12 +93,13 @@ pub async fn accept_loop(
         active.increment(1.0);
         let shared2 = shared.clone();
         let active2 = active.clone();
-        shared.tasks.spawn(async move {
+        let fut = async move {
             // The permit travels with the connection (and any WebSocket tunnel it becomes), so
             // `max_connections` also bounds upgraded connections.
             serve_conn(stream, peer, kind, shared2, Arc::new(permit)).await;
             active2.decrement(1.0);
-        });
+        };
+        shared.tasks.spawn(fut);
     }
 }
 
@@ -117,8 +118,12 @@ async fn serve_conn(
             tracing::debug!(%peer, "PROXY header expected from an untrusted peer; closing");
             return;
         }
+        // Boxed (as are the TLS handshake and the HTTP phase below): a task's future is as
+        // large as its largest state, and an idle connection should carry only what it uses.
         let read = crate::proxy_protocol::read_header(&mut stream);
-        match tokio::time::timeout(settings.timeouts.proxy_protocol, read).await {
+        // (`let` first: a temporary in an awaited statement would keep a slot in this future.)
+        let read = Box::pin(tokio::time::timeout(settings.timeouts.proxy_protocol, read));
+        match read.await {
             Ok(Ok(Some(addr))) => source = addr.ip().to_canonical(),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
@@ -132,57 +137,10 @@ async fn serve_conn(
         }
     }
     match kind {
+        // Boxed per branch: an idle plain connection does not carry the TLS branch's state.
         ListenerKind::Https => {
-            let Some(tls) = snap.tls.clone() else { return };
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-            let hs = Box::pin(tokio::time::timeout(
-                settings.timeouts.tls_handshake,
-                acceptor.accept(stream),
-            ))
-            .await;
-            let tls_stream = match hs {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "error", "version" => "none").increment(1);
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "timeout", "version" => "none").increment(1);
-                    return;
-                }
-            };
-            let (_, conn) = tls_stream.get_ref();
-            let version = match conn.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-                _ => "other",
-            };
-            let alpn = match conn.alpn_protocol() {
-                Some(b"h2") => "h2",
-                Some(b"http/1.1") => "http/1.1",
-                _ => "none",
-            };
-            metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "ok", "version" => version)
-                .increment(1);
-            let sni = conn.server_name().map(str::to_ascii_lowercase);
-            let info = ConnInfo {
-                peer,
-                source,
-                activity: Default::default(),
-                permit: permit.clone(),
-                requests_active: metrics::gauge!(crate::metrics::REQUESTS_ACTIVE, "listener" => "https"),
-                tls: Some(TlsConnInfo {
-                    certs: tls.certs.clone(),
-                    cert_idx: tls.certs.index_for(sni.as_deref()),
-                    version,
-                    alpn,
-                    sni: sni.map(String::into_boxed_str),
-                }),
-            };
-            let h2_only = alpn == "h2";
-            // Boxed per branch: an idle plain connection does not carry the TLS branch's state.
-            Box::pin(serve_http(tls_stream, info, shared, snap, h2_only, None)).await;
+            let tls = Box::pin(serve_tls(stream, peer, source, permit, shared, snap));
+            tls.await
         }
         ListenerKind::Admin => {}
         ListenerKind::Http => {
@@ -197,10 +155,80 @@ async fn serve_conn(
             };
             let redirect = (mode == HttpMode::Redirect)
                 .then(|| shared.https_port.load(std::sync::atomic::Ordering::Relaxed));
-            Box::pin(serve_http(stream, info, shared, snap, false, redirect)).await;
+            let http = Box::pin(serve_http(stream, info, shared, snap, false, redirect));
+            http.await;
         }
     }
 }
+
+/// TLS handshake (bounded by `timeouts.tls_handshake`), then HTTP over it.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    source: std::net::IpAddr,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    snap: Arc<Snapshot>,
+) {
+    let Some(tls) = snap.tls.clone() else { return };
+    let settings = &snap.settings;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let hs = Box::pin(tokio::time::timeout(
+        settings.timeouts.tls_handshake,
+        acceptor.accept(stream),
+    ));
+    let hs = hs.await;
+    let tls_stream = match hs {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "error", "version" => "none")
+                .increment(1);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "timeout", "version" => "none")
+                .increment(1);
+            return;
+        }
+    };
+    let (_, conn) = tls_stream.get_ref();
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "other",
+    };
+    let alpn = match conn.alpn_protocol() {
+        Some(b"h2") => "h2",
+        Some(b"http/1.1") => "http/1.1",
+        _ => "none",
+    };
+    metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "ok", "version" => version).increment(1);
+    let sni = conn.server_name().map(str::to_ascii_lowercase);
+    let info = ConnInfo {
+        peer,
+        source,
+        activity: Default::default(),
+        permit: permit.clone(),
+        requests_active: metrics::gauge!(crate::metrics::REQUESTS_ACTIVE, "listener" => "https"),
+        tls: Some(TlsConnInfo {
+            certs: tls.certs.clone(),
+            cert_idx: tls.certs.index_for(sni.as_deref()),
+            version,
+            alpn,
+            sni: sni.map(String::into_boxed_str),
+        }),
+    };
+    let h2_only = alpn == "h2";
+    serve_http(tls_stream, info, shared, snap, h2_only, None).await;
+}
+
+type ServiceFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Response<RespBody>, std::convert::Infallible>>
+            + Send,
+    >,
+>;
 
 fn builder(s: &Snapshot, h2_only: bool) -> auto::Builder<TokioExecutor> {
     let lim = &s.settings.limits;
@@ -244,18 +272,20 @@ async fn serve_http<I>(
     let activity = info.clone();
     let b = builder(&snap, h2_only);
     let shared2 = shared.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
+    // The per-request future is boxed: hyper keeps the allocation for the service future for
+    // the connection's lifetime, and an idle keep-alive connection should not carry the
+    // whole proxying state machine (several KiB) while it waits.
+    let svc = service_fn(move |req: Request<Incoming>| -> ServiceFuture {
         let info = info.clone();
         let shared = shared2.clone();
-        async move {
+        Box::pin(async move {
             match redirect_port {
                 Some(port) => Ok(redirect(&req, port)),
                 None => proxy::handle(req, info, shared).await,
             }
-        }
+        })
     });
-    let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+    let mut conn = Box::pin(b.serve_connection_with_upgrades(TokioIo::new(io), svc));
     let idle = snap.settings.timeouts.keepalive_idle;
     drop(snap);
     // Idle connections (no request in flight for `keepalive_idle`) are closed gracefully:

@@ -145,7 +145,9 @@ pub fn server_config(certs: Arc<CertSet>) -> Result<Arc<ServerConfig>, TlsError>
     .with_no_client_auth()
     .with_cert_resolver(certs);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    cfg.session_storage = ServerSessionMemoryCache::new(20_000);
+    // TLS 1.3 resumes by ticket (stateless); this cache serves TLS 1.2 session IDs only, and
+    // rustls allocates it up front (~100 B per slot).
+    cfg.session_storage = ServerSessionMemoryCache::new(4_096);
     cfg.ticketer =
         rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
     cfg.max_early_data_size = 0;

@@ -396,9 +396,8 @@ async fn route_request(
         up.headers_mut()
             .insert(&X_GEOLB_REGION, region.header.clone());
         if !settings.preserve_host || !up.headers().contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
-                up.headers_mut().insert(header::HOST, v);
-            }
+            up.headers_mut()
+                .insert(header::HOST, backend.host_header.clone());
         }
         let guard = InflightGuard::new(backend.health.clone(), svc.clone());
         let _retry = (attempt > 0).then(|| RetryGuard::new(svc));

@@ -33,6 +33,25 @@ pub struct Region {
     pub bias: i32,
     /// `name` as a header value, built once.
     pub header: HeaderValue,
+    /// Kilometres from each country centroid (indexed like `geo::centroids::CENTROIDS`), so a
+    /// country-level location costs a table load instead of a great-circle computation.
+    pub centroid_km: Box<[f64]>,
+}
+
+impl Region {
+    /// Great-circle kilometres from `loc` to this region.
+    pub fn distance_km(&self, loc: &crate::geo::Location) -> f64 {
+        if loc.source == crate::geo::LocSource::CountryCentroid {
+            if let Some(d) = loc
+                .country
+                .and_then(|c| crate::geo::centroids::index_of(&c))
+                .and_then(|i| self.centroid_km.get(i))
+            {
+                return *d;
+            }
+        }
+        crate::geo::distance_km(loc.lat, loc.lon, self.lat, self.lon)
+    }
 }
 
 /// One backend server of a service.
@@ -42,6 +61,8 @@ pub struct Backend {
     pub name: Arc<str>,
     pub scheme: Scheme,
     pub authority: Authority,
+    /// `authority` as a Host header value, built once.
+    pub host_header: HeaderValue,
     pub weight: u32,
     /// Index into `Service::regions`.
     pub region: usize,
@@ -325,6 +346,7 @@ pub fn status_class(status: StatusCode) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geo::{LocSource, Location, centroids, distance_km};
 
     fn table(entries: &[(&str, &[(&str, usize)])]) -> RoutingTable {
         let mut t = RoutingTable::default();
@@ -354,5 +376,42 @@ mod tests {
         assert_eq!(t.host_routes("x.y.eu.example.com").unwrap()[0].1, 2);
         assert_eq!(t.host_routes("example.com").unwrap()[0].1, 3);
         assert_eq!(t.host_routes("other.org").unwrap()[0].1, 3);
+    }
+    fn region(lat: f64, lon: f64) -> Region {
+        Region {
+            name: "r".into(),
+            lat,
+            lon,
+            bias: 0,
+            header: HeaderValue::from_static("r"),
+            centroid_km: centroids::CENTROIDS
+                .iter()
+                .map(|c| distance_km(c.lat, c.lon, lat, lon))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn country_locations_use_the_table_and_agree_with_the_formula() {
+        let r = region(50.11, 8.68);
+        let sg = centroids::centroid(b"SG").unwrap();
+        let by_country = Location {
+            lat: sg.lat,
+            lon: sg.lon,
+            country: Some(*b"SG"),
+            continent: Some(*b"AS"),
+            source: LocSource::CountryCentroid,
+        };
+        let d = r.distance_km(&by_country);
+        assert!((d - distance_km(sg.lat, sg.lon, 50.11, 8.68)).abs() < 1e-9);
+        assert!((9_000.0..11_000.0).contains(&d), "{d}");
+        // A city-level record is measured from its own coordinates, not its country's.
+        let city = Location {
+            lat: 1.29,
+            lon: 103.85,
+            source: LocSource::Record,
+            ..by_country
+        };
+        assert!((r.distance_km(&city) - distance_km(1.29, 103.85, 50.11, 8.68)).abs() < 1e-9);
     }
 }

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::net::IpAddr;
 
 use crate::config::file::LbPolicy;
-use crate::geo::{Location, distance_km};
+use crate::geo::Location;
 use crate::health::BackendHealth;
 use crate::routing::{MAX_REGIONS, PanicMode, Region, Route, Service};
 
@@ -82,7 +82,7 @@ pub fn order_regions(
             o.rule = OrderRule::Distance;
             for (i, sr) in svc.regions.iter().enumerate().take(MAX_REGIONS) {
                 let r = &regions[sr.region];
-                let d = distance_km(l.lat, l.lon, r.lat, r.lon);
+                let d = r.distance_km(l);
                 let b = d * (1.0 - f64::from(r.bias) / 100.0);
                 // Insertion sort by biased distance; ties keep configuration order.
                 let mut pos = o.len;
@@ -118,7 +118,7 @@ pub fn order_regions(
     if let (Some(l), false) = (loc, distance) {
         for p in 0..o.len {
             let r = &regions[svc.regions[o.idx[p]].region];
-            o.dist_km[p] = distance_km(l.lat, l.lon, r.lat, r.lon);
+            o.dist_km[p] = r.distance_km(l);
         }
     }
     o

@@ -209,6 +209,10 @@ impl Compiler<'_, '_> {
                 lon,
                 bias: r.bias,
                 header,
+                centroid_km: crate::geo::centroids::CENTROIDS
+                    .iter()
+                    .map(|c| crate::geo::distance_km(c.lat, c.lon, lat, lon))
+                    .collect(),
             });
         }
 

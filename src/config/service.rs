@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{HeaderName, Method, Uri};
+use http::{HeaderName, HeaderValue, Method, Uri};
 
 use super::compile::Compiler;
 use super::file;
@@ -108,9 +108,12 @@ impl Compiler<'_, '_> {
                 .ctx
                 .health
                 .get_or_create(&format!("{name}|{label}"), initial_up);
+            let host_header = HeaderValue::from_str(authority.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
             backends.push(Backend {
                 name: label.into(),
                 scheme,
+                host_header,
                 authority,
                 weight: b.weight,
                 region: sr,

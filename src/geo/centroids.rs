@@ -281,27 +281,38 @@ pub static CENTROIDS: [Centroid; 250] = [
     Centroid { code: *b"ZW", lat: -19.0, lon: 29.75, continent: *b"AF" },
 ];
 
+/// `INDEX[(a - b'A') * 26 + (b - b'A')]` is the code's position in [`CENTROIDS`] plus one (0:
+/// unknown), built at compile time so a lookup is one load.
+static INDEX: [u8; 26 * 26] = build_index();
+
+const fn build_index() -> [u8; 26 * 26] {
+    let mut t = [0u8; 26 * 26];
+    let mut i = 0;
+    while i < CENTROIDS.len() {
+        let [a, b] = CENTROIDS[i].code;
+        t[(a - b'A') as usize * 26 + (b - b'A') as usize] = (i + 1) as u8;
+        i += 1;
+    }
+    t
+}
+
+/// Position of a country in [`CENTROIDS`] (a dense index for per-country tables); the code
+/// is two ASCII letters, either case.
+pub fn index_of(code: &[u8]) -> Option<usize> {
+    let [a, b] = *code else { return None };
+    let (a, b) = (a.to_ascii_uppercase(), b.to_ascii_uppercase());
+    if !a.is_ascii_uppercase() || !b.is_ascii_uppercase() {
+        return None;
+    }
+    let slot = INDEX[(a - b'A') as usize * 26 + (b - b'A') as usize];
+    (slot != 0).then(|| slot as usize - 1)
+}
+
 /// Looks up the centroid for a two-letter country code (ASCII case-insensitive).
 ///
 /// Returns `None` if `code` is not exactly two bytes long or is unknown.
 pub fn centroid(code: &[u8]) -> Option<&'static Centroid> {
-    if code.len() != 2 {
-        return None;
-    }
-    let key = [code[0].to_ascii_uppercase(), code[1].to_ascii_uppercase()];
-    CENTROIDS
-        .binary_search_by(|c| c.code.cmp(&key))
-        .ok()
-        .map(|i| &CENTROIDS[i])
-}
-
-/// Position of a country in [`CENTROIDS`] (a dense index for per-country tables).
-pub fn index_of(code: &[u8]) -> Option<usize> {
-    let c = centroid(code)?;
-    Some(
-        (c as *const Centroid as usize - CENTROIDS.as_ptr() as usize)
-            / std::mem::size_of::<Centroid>(),
-    )
+    index_of(code).map(|i| &CENTROIDS[i])
 }
 
 /// Returns the continent code for a two-letter country code, if known.
@@ -312,6 +323,17 @@ pub fn continent_of(code: &[u8]) -> Option<[u8; 2]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_finds_every_code_in_either_case_and_nothing_else() {
+        for (i, c) in CENTROIDS.iter().enumerate() {
+            assert_eq!(index_of(&c.code), Some(i));
+            assert_eq!(index_of(&c.code.map(|b| b.to_ascii_lowercase())), Some(i));
+        }
+        for bad in [&b"ZZ"[..], b"D", b"", b"DEU", b"1A", b"\xff\xff", b"D-"] {
+            assert_eq!(index_of(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn table_is_sorted_and_unique() {

@@ -64,8 +64,8 @@ async fn one_request(addr: std::net::SocketAddr) -> TcpStream {
 #[tokio::test(flavor = "current_thread")]
 async fn idle_keep_alive_connections_hold_no_buffers() {
     let b = TestBackend::spawn("fra-1", "eu-central").await;
-    let g = Geolb::start(&(service_toml("app", &[&b], "") + "[[routes]]\nservice = \"app\"\n"))
-        .await;
+    let g =
+        Geolb::start(&(service_toml("app", &[&b], "") + "[[routes]]\nservice = \"app\"\n")).await;
     let addr = g.http.unwrap();
     let n = (max_open_files().saturating_sub(300) / 2).min(1000) as usize;
     assert!(n >= 200, "open-file limit too low for this test");
@@ -97,5 +97,9 @@ async fn idle_keep_alive_connections_hold_no_buffers() {
         .unwrap();
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).await.unwrap();
-    assert!(rest.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        rest.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
 }

@@ -85,20 +85,31 @@ pub fn join_cookies(h: &mut HeaderMap) {
 /// Append `peer` to `X-Forwarded-For` (one combined line), as nginx
 /// `$proxy_add_x_forwarded_for` does.
 pub fn append_xff(h: &mut HeaderMap, peer: IpAddr) {
-    let mut buf = BytesMut::with_capacity(64);
-    let mut first = true;
-    for v in h.get_all(&X_FORWARDED_FOR) {
-        if !first {
-            buf.put_slice(b", ");
-        }
-        buf.put_slice(v.as_bytes());
-        first = false;
+    append_xff_value(h, &ip_value(peer));
+}
+
+/// An address as a header value (`192.0.2.1`, `2001:db8::1`); a connection builds its peer's
+/// once.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut buf = BytesMut::with_capacity(48);
+    use std::fmt::Write;
+    let _ = write!(IoFmt(&mut buf), "{ip}");
+    HeaderValue::from_maybe_shared(buf.freeze()).expect("an address is a valid header value")
+}
+
+/// [`append_xff`] with the peer already formatted by [`ip_value`]: without an incoming
+/// `X-Forwarded-For` this allocates nothing.
+pub fn append_xff_value(h: &mut HeaderMap, peer: &HeaderValue) {
+    if !h.contains_key(&X_FORWARDED_FOR) {
+        h.insert(&X_FORWARDED_FOR, peer.clone());
+        return;
     }
-    if !first {
+    let mut buf = BytesMut::with_capacity(64);
+    for v in h.get_all(&X_FORWARDED_FOR) {
+        buf.put_slice(v.as_bytes());
         buf.put_slice(b", ");
     }
-    use std::fmt::Write;
-    let _ = write!(IoFmt(&mut buf), "{peer}");
+    buf.put_slice(peer.as_bytes());
     if let Ok(v) = HeaderValue::from_maybe_shared(buf.freeze()) {
         h.insert(&X_FORWARDED_FOR, v);
     }

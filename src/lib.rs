@@ -17,6 +17,7 @@ pub mod geo;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod prefixed;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;

@@ -31,6 +31,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The PROXY-protocol source when present, else the peer's address.
     pub source: IpAddr,
+    /// `source` as a header value (for `X-Forwarded-For`), formatted once.
+    pub source_value: HeaderValue,
     pub tls: Option<TlsConnInfo>,
     /// Requests in flight on this connection, for the idle timer.
     pub activity: ConnActivity,
@@ -312,7 +314,7 @@ async fn route_request(
             HeaderValue::from_static("chunked"),
         );
     }
-    headers::append_xff(&mut parts.headers, conn.source.to_canonical());
+    headers::append_xff_value(&mut parts.headers, &conn.source_value);
     let h = &mut parts.headers;
     h.insert(
         &X_FORWARDED_PROTO,

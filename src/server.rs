@@ -1,6 +1,6 @@
 //! Accept loops for the public listeners: connection limit, EMFILE backoff, PROXY protocol,
-//! TLS with a handshake timeout, hyper-util's auto (HTTP/1.1 + h2) builder with header-read
-//! timer and h2 flood limits, and graceful drain.
+//! TLS with a handshake timeout, hyper's HTTP/1.1 or h2 connection (by ALPN, else by sniffing
+//! for the h2 preface) with header-read timer and h2 flood limits, and graceful drain.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -19,6 +19,7 @@ use crate::app::{Shared, Snapshot};
 use crate::body::RespBody;
 use crate::config::file::HttpMode;
 use crate::metrics::{CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, TLS_HANDSHAKES_TOTAL};
+use crate::prefixed::Prefixed;
 use crate::proxy::{self, ConnInfo, TlsConnInfo};
 
 /// Which public listener a socket belongs to.
@@ -148,6 +149,7 @@ async fn serve_conn(
             let info = ConnInfo {
                 peer,
                 source,
+                source_value: crate::headers::ip_value(source),
                 activity: Default::default(),
                 permit: permit.clone(),
                 requests_active: metrics::gauge!(crate::metrics::REQUESTS_ACTIVE, "listener" => "http"),
@@ -155,7 +157,14 @@ async fn serve_conn(
             };
             let redirect = (mode == HttpMode::Redirect)
                 .then(|| shared.https_port.load(std::sync::atomic::Ordering::Relaxed));
-            let http = Box::pin(serve_http(stream, info, shared, snap, false, redirect));
+            let http = Box::pin(serve_http(
+                stream,
+                info,
+                shared,
+                snap,
+                Proto::Sniff,
+                redirect,
+            ));
             http.await;
         }
     }
@@ -208,6 +217,7 @@ async fn serve_tls(
     let info = ConnInfo {
         peer,
         source,
+        source_value: crate::headers::ip_value(source),
         activity: Default::default(),
         permit: permit.clone(),
         requests_active: metrics::gauge!(crate::metrics::REQUESTS_ACTIVE, "listener" => "https"),
@@ -219,8 +229,12 @@ async fn serve_tls(
             sni: sni.map(String::into_boxed_str),
         }),
     };
-    let h2_only = alpn == "h2";
-    serve_http(tls_stream, info, shared, snap, h2_only, None).await;
+    let proto = match alpn {
+        "h2" => Proto::Http2,
+        "http/1.1" => Proto::Http1,
+        _ => Proto::Sniff,
+    };
+    serve_http(tls_stream, info, shared, snap, proto, None).await;
 }
 
 type ServiceFuture = std::pin::Pin<
@@ -230,19 +244,22 @@ type ServiceFuture = std::pin::Pin<
     >,
 >;
 
-fn builder(s: &Snapshot, h2_only: bool) -> auto::Builder<TokioExecutor> {
+fn http1_builder(s: &Snapshot) -> http1::Builder {
     let lim = &s.settings.limits;
-    let t = &s.settings.timeouts;
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(t.request_header)
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(s.settings.timeouts.request_header)
         .max_buf_size(lim.max_header_bytes.max(8192))
         .max_headers(lim.max_headers)
         .keep_alive(true)
         .half_close(false);
-    b.http2()
-        .timer(TokioTimer::new())
+    b
+}
+
+fn http2_builder(s: &Snapshot) -> http2::Builder<TokioExecutor> {
+    let lim = &s.settings.limits;
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
         .max_concurrent_streams(lim.h2_max_concurrent_streams)
         .max_pending_accept_reset_streams(lim.h2_max_pending_resets)
         .max_local_error_reset_streams(lim.h2_max_local_error_resets)
@@ -252,10 +269,17 @@ fn builder(s: &Snapshot, h2_only: bool) -> auto::Builder<TokioExecutor> {
         .initial_connection_window_size(4 << 20)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    if h2_only {
-        b = b.http2_only();
-    }
     b
+}
+
+/// The HTTP version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    Http2,
+    /// Not negotiated (plain text, or TLS without ALPN): HTTP/2 if the client opens with the
+    /// connection preface (prior knowledge), else HTTP/1.x.
+    Sniff,
 }
 
 async fn serve_http<I>(
@@ -263,14 +287,25 @@ async fn serve_http<I>(
     info: ConnInfo,
     shared: Arc<Shared>,
     snap: Arc<Snapshot>,
-    h2_only: bool,
+    proto: Proto,
     redirect_port: Option<u16>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut io = Prefixed::new(io);
+    let proto = match proto {
+        Proto::Sniff => {
+            let sniff = io.sniff_h2_preface();
+            match tokio::time::timeout(snap.settings.timeouts.request_header, sniff).await {
+                Ok(Ok(true)) => Proto::Http2,
+                Ok(Ok(false)) => Proto::Http1,
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
+        p => p,
+    };
     let info = Arc::new(info);
     let activity = info.clone();
-    let b = builder(&snap, h2_only);
     let shared2 = shared.clone();
     // The per-request future is boxed: hyper keeps the allocation for the service future for
     // the connection's lifetime, and an idle keep-alive connection should not carry the
@@ -285,11 +320,34 @@ async fn serve_http<I>(
             }
         })
     });
-    let mut conn = Box::pin(b.serve_connection_with_upgrades(TokioIo::new(io), svc));
     let idle = snap.settings.timeouts.keepalive_idle;
-    drop(snap);
-    // Idle connections (no request in flight for `keepalive_idle`) are closed gracefully:
-    // HTTP/1.1 after the current exchange, h2 with GOAWAY.
+    // Boxed: the connection lives on the heap, sized for its own protocol only.
+    if proto == Proto::Http2 {
+        let conn = Box::pin(http2_builder(&snap).serve_connection(TokioIo::new(io), svc));
+        drop(snap);
+        drive(conn, |c| c.graceful_shutdown(), &shared, &activity, idle).await;
+    } else {
+        let conn = http1_builder(&snap)
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        let conn = Box::pin(conn);
+        drop(snap);
+        drive(conn, |c| c.graceful_shutdown(), &shared, &activity, idle).await;
+    }
+}
+
+/// Run a connection to its end. Idle connections (no request in flight for `keepalive_idle`)
+/// and all connections on drain are closed gracefully: HTTP/1.1 after the current exchange,
+/// h2 with GOAWAY, then given `shutdown_drain` to finish.
+async fn drive<C>(
+    mut conn: std::pin::Pin<Box<C>>,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+    shared: &Shared,
+    activity: &ConnInfo,
+    idle: Duration,
+) where
+    C: std::future::Future<Output = Result<(), hyper::Error>>,
+{
     let tick = (idle / 4).max(Duration::from_millis(50));
     loop {
         tokio::select! {
@@ -307,7 +365,7 @@ async fn serve_http<I>(
             }
         }
     }
-    conn.as_mut().graceful_shutdown();
+    graceful(conn.as_mut());
     let deadline = shared.snapshot.load().settings.timeouts.shutdown_drain;
     let _ = tokio::time::timeout(deadline, conn).await;
 }

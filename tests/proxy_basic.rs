@@ -53,6 +53,55 @@ async fn alpn_negotiates_h2_and_http11() {
     assert!(matches!(v, Some(rustls::ProtocolVersion::TLSv1_3)), "{v:?}");
 }
 
+/// h2 by prior knowledge (RFC 9113 §3.3) where nothing was negotiated: on the plain listener
+/// and over TLS without ALPN; HTTP/1.1 on the same listeners still works.
+#[tokio::test]
+async fn h2_prior_knowledge_without_alpn() {
+    let (g, _b) = one_backend("").await;
+    async fn h2_get<I>(io: I, uri: &str) -> serde_json::Value
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(io),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(uri).body(full("")).unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        echo_json(&resp.into_body().collect().await.unwrap().to_bytes())
+    }
+    let plain = tokio::net::TcpStream::connect(g.http.unwrap())
+        .await
+        .unwrap();
+    let v = h2_get(plain, &g.http_url("/h2c")).await;
+    assert_eq!(v["uri"], "/h2c");
+    assert_eq!(v["headers"]["via"][0], "2 geolb");
+    let tls = g.tls_connect("localhost", &[]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let v = h2_get(tls, &g.url("/h2-tls")).await;
+    assert_eq!(v["headers"]["via"][0], "2 geolb");
+    // HTTP/1.1 on both listeners, including a request split inside the sniffed bytes.
+    let (status, _, _) = get_as(&plain_client(), &g.http_url("/h1"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut s = tokio::net::TcpStream::connect(g.http.unwrap())
+        .await
+        .unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"P").await.unwrap();
+    s.write_all(b"OST /split HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"/split\""), "{text}");
+}
+
 #[tokio::test]
 async fn sni_picks_the_right_certificate() {
     let (g, _b) = one_backend("").await;

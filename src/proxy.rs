@@ -143,15 +143,16 @@ pub async fn handle(
         }
     };
     let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
     if let Some(r) = route.and_then(|i| snap.table.routes.get(i)) {
         let m = &r.metrics[region
             .unwrap_or(r.metrics.len() - 1)
             .min(r.metrics.len() - 1)];
         m.requests[crate::metrics::class_index(status)].increment(1);
-        m.duration.record(started.elapsed().as_secs_f64());
+        m.duration.record(elapsed.as_secs_f64());
     }
     log.status = status;
-    log.duration = started.elapsed();
+    log.duration = elapsed;
     let mut resp = resp;
     match resp.body_mut() {
         RespBody::Upstream {

@@ -14,9 +14,20 @@ pub static X_GEOLB_REGION: HeaderName = HeaderName::from_static("x-geolb-region"
 pub static X_GEOLB_COUNTRY: HeaderName = HeaderName::from_static("x-geolb-client-country");
 
 /// Remove hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
-/// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`,
+/// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`,
 /// `Transfer-Encoding`, and `Upgrade` unless `keep_upgrade` (then `Connection: upgrade` stays).
-pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+/// `Trailer` is end-to-end (RFC 9110 §6.6.2) and stays: HTTP/1.1 sends only declared trailers.
+/// Returns whether the removed `TE` accepted `trailers` (see [`accept_trailers`]).
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) -> bool {
+    let trailers = h.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|c| c.trim().eq_ignore_ascii_case("trailers"))
+            })
+        })
+    });
     if h.contains_key(header::CONNECTION) {
         // Collect the names Connection lists (rare path; tokens are short).
         let listed: Vec<HeaderName> = h
@@ -37,13 +48,22 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     h.remove(header::PROXY_AUTHENTICATE);
     h.remove(header::PROXY_AUTHORIZATION);
     h.remove(header::TE);
-    h.remove(header::TRAILER);
     h.remove(header::TRANSFER_ENCODING);
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
         h.remove(header::UPGRADE);
     }
+    trailers
+}
+
+/// For a request whose client accepts trailer fields: tell the backend so with `TE: trailers`.
+/// geolb relays trailers, and gRPC backends require this header (RFC 9110 §10.1.4,
+/// RFC 9113 §8.2.2). No `Connection: te` option goes with it: hyper's h2 client would take
+/// that as an order to drop `TE` for h2 backends, and HTTP/1.1 servers honour `TE` without it
+/// (as behind Envoy).
+pub fn accept_trailers(h: &mut HeaderMap) {
+    h.insert(header::TE, HeaderValue::from_static("trailers"));
 }
 
 /// Is this an HTTP/1.1 WebSocket upgrade (`Connection: upgrade` + `Upgrade: websocket`)?
@@ -148,9 +168,30 @@ mod tests {
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         h.insert("proxy-authorization", HeaderValue::from_static("x"));
         h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        assert!(strip_hop_by_hop(&mut h, false), "TE accepted trailers");
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn te_trailers_is_recognised_among_codings() {
+        for (te, yes) in [
+            ("trailers", true),
+            ("gzip, Trailers", true),
+            ("deflate;q=0.5, trailers;q=1", true),
+            ("gzip", false),
+            ("trailersx", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("te", HeaderValue::from_str(te).unwrap());
+            assert_eq!(strip_hop_by_hop(&mut h, false), yes, "{te}");
+            assert!(h.is_empty());
+        }
+        let mut h = HeaderMap::new();
+        assert!(!strip_hop_by_hop(&mut h, false));
+        accept_trailers(&mut h);
+        assert_eq!(h["te"], "trailers");
+        assert!(!h.contains_key("connection"));
     }
 
     #[test]
@@ -159,7 +200,7 @@ mod tests {
         h.insert("connection", HeaderValue::from_static("Upgrade"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         assert!(wants_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
+        let _ = strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
     }

@@ -300,7 +300,9 @@ async fn route_request(
 
     // Request headers, shared by every attempt.
     let version = parts.version;
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    if headers::strip_hop_by_hop(&mut parts.headers, upgrade) && !upgrade {
+        headers::accept_trailers(&mut parts.headers);
+    }
     headers::strip_geolb(&mut parts.headers);
     if version == Version::HTTP_2 {
         // RFC 9113 §8.2.3: split cookie fields are joined before going to HTTP/1.1.
@@ -578,7 +580,7 @@ fn finish_response(
         if h.contains_key(header::TRANSFER_ENCODING) {
             h.remove(header::CONTENT_LENGTH);
         }
-        headers::strip_hop_by_hop(&mut h, false);
+        let _ = headers::strip_hop_by_hop(&mut h, false);
     }
     if add_region {
         h.insert(&X_GEOLB_REGION, region.clone());

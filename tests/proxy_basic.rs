@@ -102,6 +102,36 @@ async fn h2_prior_knowledge_without_alpn() {
     assert!(text.contains("\"/split\""), "{text}");
 }
 
+/// Trailer fields (gRPC's `grpc-status`) come back through geolb, over HTTP/1.1 and h2 on
+/// both sides, and a client's `TE: trailers` reaches the backend.
+#[tokio::test]
+async fn trailers_and_te_trailers_pass_through() {
+    for backend_h2 in [false, true] {
+        let b = TestBackend::spawn("t-1", "eu-central").await;
+        let extra = if backend_h2 { "http2 = true" } else { "" };
+        let g = Geolb::start(&(service_toml("t", &[&b], extra) + "[[routes]]\nservice = \"t\"\n"))
+            .await;
+        for client_h2 in [false, true] {
+            let case = format!("backend h2 {backend_h2}, client h2 {client_h2}");
+            let req = Request::get(g.url("/trailers"))
+                .header("te", "trailers")
+                .body(full(""))
+                .unwrap();
+            let resp = g.client(client_h2).request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{case}");
+            assert_eq!(
+                resp.headers().get("x-saw-te").unwrap(),
+                "trailers",
+                "{case}"
+            );
+            let body = resp.into_body().collect().await.unwrap();
+            let trailers = body.trailers().cloned().unwrap_or_default();
+            assert_eq!(body.to_bytes(), "ok", "{case}");
+            assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{case}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn sni_picks_the_right_certificate() {
     let (g, _b) = one_backend("").await;
@@ -213,7 +243,8 @@ async fn hop_by_hop_removed_and_forwarding_headers_set() {
         .header("connection", "x-drop-me")
         .header("x-drop-me", "secret")
         .header("keep-alive", "timeout=5")
-        .header("te", "trailers")
+        // (TE: trailers is passed on as such: trailers_and_te_trailers_pass_through.)
+        .header("te", "gzip, deflate")
         .header("proxy-authorization", "Basic Zm9v")
         .header("x-forwarded-for", "198.51.100.200")
         .header("x-geolb-region", "forged")

@@ -315,6 +315,25 @@ async fn handle(
                 .insert("x-backend", ctx.name.parse().unwrap());
             r
         }
+        "/trailers" => {
+            // A gRPC-style reply: data, then trailer fields; reports the TE it was sent.
+            let te = req.headers().get("te").cloned();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let frames = vec![
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"ok"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                frames,
+            ))));
+            r.headers_mut()
+                .insert("trailer", http::HeaderValue::from_static("grpc-status"));
+            if let Some(te) = te {
+                r.headers_mut().insert("x-saw-te", te);
+            }
+            r
+        }
         "/ws" => {
             let key = req.headers().get("sec-websocket-key").cloned();
             let Some(key) = key else {

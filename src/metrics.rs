@@ -23,6 +23,7 @@ pub const GEO_LOOKUPS_TOTAL: &str = "geolb_geo_lookups_total";
 pub const TLS_HANDSHAKES_TOTAL: &str = "geolb_tls_handshakes_total";
 pub const CONNECTIONS_ACTIVE: &str = "geolb_connections_active";
 pub const CONNECTIONS_TOTAL: &str = "geolb_connections_total";
+pub const CLIENT_SEND_TIMEOUTS_TOTAL: &str = "geolb_client_send_timeouts_total";
 pub const CONFIG_GENERATION: &str = "geolb_config_generation";
 pub const CONFIG_RELOADS_TOTAL: &str = "geolb_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "geolb_config_last_reload_success_timestamp_seconds";
@@ -75,6 +76,10 @@ pub fn install(buckets: &[f64]) -> &'static PrometheusHandle {
 }
 
 fn describe_all() {
+    describe_counter!(
+        CLIENT_SEND_TIMEOUTS_TOTAL,
+        "Connections closed because the client stopped reading (timeouts.client_send)."
+    );
     describe_counter!(
         REQUESTS_TOTAL,
         "Requests answered, by route, serving region and status class."

@@ -1,29 +1,61 @@
-//! HTTP/2 prior-knowledge detection (RFC 9113 §3.3) for connections that did not negotiate a
-//! protocol by ALPN: read up to the 24 bytes of the connection preface, then replay whatever
-//! was read ahead of the socket's own bytes.
+//! The client side of a connection as hyper sees it: HTTP/2 prior-knowledge detection
+//! (RFC 9113 §3.3) for connections that did not negotiate a protocol by ALPN (read up to the
+//! 24 bytes of the connection preface, then replay whatever was read ahead of the socket's own
+//! bytes), and a record of how long writes to the client have been blocked (a client that
+//! stopped reading; see `timeouts.client_send`).
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
+
+use crate::health::now_ms;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A stream with some already-read bytes in front of it.
+/// Since when (`now_ms()`) writes to the client have been blocked; 0 while they are not.
+#[derive(Debug, Default)]
+pub struct WriteStall(AtomicU64);
+
+impl WriteStall {
+    fn record<T>(&self, r: &Poll<T>) {
+        if r.is_pending() {
+            if self.0.load(Relaxed) == 0 {
+                self.0.store(now_ms().max(1), Relaxed);
+            }
+        } else if self.0.load(Relaxed) != 0 {
+            self.0.store(0, Relaxed);
+        }
+    }
+
+    /// How long the current blocked write has waited, in milliseconds (0: none is blocked).
+    pub fn blocked_ms(&self) -> u64 {
+        match self.0.load(Relaxed) {
+            0 => 0,
+            since => now_ms().saturating_sub(since),
+        }
+    }
+}
+
+/// A stream with some already-read bytes in front of it, and a [`WriteStall`] record.
 pub struct Prefixed<I> {
     prefix: Option<Box<[u8]>>,
     pos: usize,
     io: I,
+    stall: Arc<WriteStall>,
 }
 
 impl<I: AsyncRead + Unpin> Prefixed<I> {
     /// Nothing read ahead yet.
-    pub fn new(io: I) -> Self {
+    pub fn new(io: I, stall: Arc<WriteStall>) -> Self {
         Prefixed {
             prefix: None,
             pos: 0,
             io,
+            stall,
         }
     }
 
@@ -76,7 +108,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.stall.record(&r);
+        r
     }
 
     fn poll_write_vectored(
@@ -84,7 +118,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.stall.record(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -92,7 +128,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.stall.record(&r);
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -111,7 +149,7 @@ mod tests {
             a.write_all(c).await.unwrap();
         }
         drop(a);
-        let mut p = Prefixed::new(b);
+        let mut p = Prefixed::new(b, Arc::default());
         let h2 = p.sniff_h2_preface().await.unwrap();
         let mut all = Vec::new();
         p.read_to_end(&mut all).await.unwrap();

@@ -301,6 +301,9 @@ pub struct Timeouts {
     pub request_body: Duration,
     /// An upgraded (WebSocket) tunnel with no traffic either way for this long is closed.
     pub tunnel_idle: Duration,
+    /// A write to the client blocked this long (the client stopped reading) closes the
+    /// connection.
+    pub client_send: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

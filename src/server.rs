@@ -18,8 +18,10 @@ use tokio::sync::Semaphore;
 use crate::app::{Shared, Snapshot};
 use crate::body::RespBody;
 use crate::config::file::HttpMode;
-use crate::metrics::{CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, TLS_HANDSHAKES_TOTAL};
-use crate::prefixed::Prefixed;
+use crate::metrics::{
+    CLIENT_SEND_TIMEOUTS_TOTAL, CONNECTIONS_ACTIVE, CONNECTIONS_TOTAL, TLS_HANDSHAKES_TOTAL,
+};
+use crate::prefixed::{Prefixed, WriteStall};
 use crate::proxy::{self, ConnInfo, TlsConnInfo};
 
 /// Which public listener a socket belongs to.
@@ -292,7 +294,8 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut io = Prefixed::new(io);
+    let stall = Arc::new(WriteStall::default());
+    let mut io = Prefixed::new(io, stall.clone());
     let proto = match proto {
         Proto::Sniff => {
             let sniff = io.sniff_h2_preface();
@@ -320,35 +323,51 @@ async fn serve_http<I>(
             }
         })
     });
-    let idle = snap.settings.timeouts.keepalive_idle;
+    let limits = Lifetime {
+        idle: snap.settings.timeouts.keepalive_idle,
+        send: snap.settings.timeouts.client_send,
+        stall,
+    };
     // Boxed: the connection lives on the heap, sized for its own protocol only.
     if proto == Proto::Http2 {
         let conn = Box::pin(http2_builder(&snap).serve_connection(TokioIo::new(io), svc));
         drop(snap);
-        drive(conn, |c| c.graceful_shutdown(), &shared, &activity, idle).await;
+        drive(conn, |c| c.graceful_shutdown(), &shared, &activity, &limits).await;
     } else {
         let conn = http1_builder(&snap)
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
         let conn = Box::pin(conn);
         drop(snap);
-        drive(conn, |c| c.graceful_shutdown(), &shared, &activity, idle).await;
+        drive(conn, |c| c.graceful_shutdown(), &shared, &activity, &limits).await;
     }
+}
+
+/// What ends a connection besides the client: idleness and a client that stopped reading.
+struct Lifetime {
+    /// No request in flight for this long: close gracefully.
+    idle: Duration,
+    /// A write to the client blocked for this long: close at once.
+    send: Duration,
+    stall: Arc<WriteStall>,
 }
 
 /// Run a connection to its end. Idle connections (no request in flight for `keepalive_idle`)
 /// and all connections on drain are closed gracefully: HTTP/1.1 after the current exchange,
-/// h2 with GOAWAY, then given `shutdown_drain` to finish.
+/// h2 with GOAWAY, then given `shutdown_drain` to finish. A connection whose client has not
+/// taken any bytes for `client_send` while geolb had some to write is dropped there and then
+/// (nginx's `send_timeout`).
 async fn drive<C>(
     mut conn: std::pin::Pin<Box<C>>,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
     shared: &Shared,
     activity: &ConnInfo,
-    idle: Duration,
+    limits: &Lifetime,
 ) where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
 {
-    let tick = (idle / 4).max(Duration::from_millis(50));
+    let tick = (limits.idle.min(limits.send) / 4).max(Duration::from_millis(50));
+    let send_ms = limits.send.as_millis() as u64;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -359,7 +378,12 @@ async fn drive<C>(
             }
             _ = shared.drain.cancelled() => break,
             _ = tokio::time::sleep(tick) => {
-                if activity.is_idle_for(idle) {
+                if limits.stall.blocked_ms() >= send_ms {
+                    tracing::debug!(peer = %activity.peer, "client stopped reading; closing");
+                    metrics::counter!(CLIENT_SEND_TIMEOUTS_TOTAL).increment(1);
+                    return;
+                }
+                if activity.is_idle_for(limits.idle) {
                     break;
                 }
             }

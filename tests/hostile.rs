@@ -403,3 +403,48 @@ async fn idle_websocket_tunnels_are_closed_busy_ones_are_not() {
         .expect("an idle tunnel was never closed");
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
 }
+
+/// Slow read: a client that asks for a large response and stops reading it is disconnected once
+/// a write to it has been blocked for `client_send`, instead of holding its connection (and an
+/// upstream one) forever.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let (g, _b) = setup("[timeouts]\nclient_send = \"300ms\"\n").await;
+    let mut s = tokio::net::TcpStream::connect(g.http.unwrap())
+        .await
+        .unwrap();
+    const ASKED: usize = 1 << 30;
+    s.write_all(
+        format!("GET /download?bytes={ASKED} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Read nothing until geolb reports that it gave up on this client.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, text) = admin_get(&g, "/metrics").await;
+        if metric(&text, "geolb_client_send_timeouts_total") >= 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled reader was never cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What was already in the socket buffers drains, then the connection ends: far short of
+    // the gigabyte asked for.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the connection stayed open");
+    assert!(got < ASKED / 4, "{got} bytes arrived");
+}

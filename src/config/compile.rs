@@ -520,12 +520,18 @@ impl Compiler<'_, '_> {
                 &t.tunnel_idle,
                 Duration::from_secs(3600),
             ),
+            client_send: self.duration(
+                "timeouts.client_send",
+                &t.client_send,
+                Duration::from_secs(60),
+            ),
         };
         for (name, d) in [
             ("tls_handshake", timeouts.tls_handshake),
             ("request_header", timeouts.request_header),
             ("request_body", timeouts.request_body),
             ("tunnel_idle", timeouts.tunnel_idle),
+            ("client_send", timeouts.client_send),
             ("upstream_connect", timeouts.upstream_connect),
             (
                 "upstream_response_header",

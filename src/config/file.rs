@@ -83,6 +83,7 @@ pub struct TimeoutsFile {
     pub proxy_protocol: Option<String>,
     pub request_body: Option<String>,
     pub tunnel_idle: Option<String>,
+    pub client_send: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -67,6 +67,28 @@ impl Default for ConnActivity {
 }
 
 impl ConnInfo {
+    /// A connection accepted on `listener` from `peer` (`source` after any PROXY header).
+    pub fn new(
+        peer: SocketAddr,
+        source: IpAddr,
+        permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+        listener: crate::server::ListenerKind,
+        tls: Option<TlsConnInfo>,
+    ) -> ConnInfo {
+        ConnInfo {
+            peer,
+            source,
+            source_value: crate::headers::ip_value(source),
+            tls,
+            activity: ConnActivity::new(),
+            requests_active: metrics::gauge!(
+                crate::metrics::REQUESTS_ACTIVE,
+                "listener" => listener.label()
+            ),
+            permit,
+        }
+    }
+
     /// No request in flight and none finished within `idle`.
     pub fn is_idle_for(&self, idle: std::time::Duration) -> bool {
         let a = &self.activity;

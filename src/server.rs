@@ -96,13 +96,12 @@ pub async fn accept_loop(
         active.increment(1.0);
         let shared2 = shared.clone();
         let active2 = active.clone();
-        let fut = async move {
+        shared.tasks.spawn(async move {
             // The permit travels with the connection (and any WebSocket tunnel it becomes), so
             // `max_connections` also bounds upgraded connections.
             serve_conn(stream, peer, kind, shared2, Arc::new(permit)).await;
             active2.decrement(1.0);
-        };
-        shared.tasks.spawn(fut);
+        });
     }
 }
 
@@ -148,15 +147,7 @@ async fn serve_conn(
         ListenerKind::Admin => {}
         ListenerKind::Http => {
             let mode = settings.http.map_or(HttpMode::Serve, |(_, m)| m);
-            let info = ConnInfo {
-                peer,
-                source,
-                source_value: crate::headers::ip_value(source),
-                activity: Default::default(),
-                permit: permit.clone(),
-                requests_active: metrics::gauge!(crate::metrics::REQUESTS_ACTIVE, "listener" => "http"),
-                tls: None,
-            };
+            let info = ConnInfo::new(peer, source, permit, ListenerKind::Http, None);
             let redirect = (mode == HttpMode::Redirect)
                 .then(|| shared.https_port.load(std::sync::atomic::Ordering::Relaxed));
             let http = Box::pin(serve_http(
@@ -216,21 +207,14 @@ async fn serve_tls(
     };
     metrics::counter!(TLS_HANDSHAKES_TOTAL, "result" => "ok", "version" => version).increment(1);
     let sni = conn.server_name().map(str::to_ascii_lowercase);
-    let info = ConnInfo {
-        peer,
-        source,
-        source_value: crate::headers::ip_value(source),
-        activity: Default::default(),
-        permit: permit.clone(),
-        requests_active: metrics::gauge!(crate::metrics::REQUESTS_ACTIVE, "listener" => "https"),
-        tls: Some(TlsConnInfo {
-            certs: tls.certs.clone(),
-            cert_idx: tls.certs.index_for(sni.as_deref()),
-            version,
-            alpn,
-            sni: sni.map(String::into_boxed_str),
-        }),
+    let tls_info = TlsConnInfo {
+        certs: tls.certs.clone(),
+        cert_idx: tls.certs.index_for(sni.as_deref()),
+        version,
+        alpn,
+        sni: sni.map(String::into_boxed_str),
     };
+    let info = ConnInfo::new(peer, source, permit, ListenerKind::Https, Some(tls_info));
     let proto = match alpn {
         "h2" => Proto::Http2,
         "http/1.1" => Proto::Http1,

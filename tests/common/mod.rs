@@ -866,6 +866,16 @@ pub async fn reload_status(g: &Geolb) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// This process's resident memory in KiB (`VmRSS`).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 pub fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix))

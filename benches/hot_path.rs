@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use criterion::{Criterion, criterion_group, criterion_main};
-use geolb::client_ip::{self, IpHeader, TrustedNets};
+use geolb::UpstreamPool;
 use geolb::config::{CompileCtx, compile_str};
 use geolb::geo::GeoDb;
-use geolb::health::{HealthRegistry, now_ms};
-use geolb::select;
-use geolb::upstream::UpstreamPool;
+use geolb::health::HealthRegistry;
+use geolb::route::client_ip::{self, IpHeader, TrustedNets};
+use geolb::route::select;
+use geolb::time::now_ms;
 use http::{HeaderMap, HeaderValue};
 
 /// A City database with one record per /16 across 10.0.0.0/8 and some IPv6, plus the

@@ -157,7 +157,7 @@ fn compile_offline(
     file: &std::path::Path,
 ) -> Result<geolb::config::Compiled, geolb::config::ConfigErrors> {
     let health = geolb::health::HealthRegistry::default();
-    let pool = geolb::upstream::UpstreamPool::default();
+    let pool = geolb::UpstreamPool::default();
     let ctx = geolb::config::CompileCtx {
         health: &health,
         pool: &pool,
@@ -236,14 +236,14 @@ fn explain(config: &std::path::Path, ip: IpAddr, host: &str, path: &str) -> Resu
         Some(g) => g,
         None => std::sync::Arc::new(geolb::geo::GeoDb::embedded()?),
     };
-    let snap = geolb::app::Snapshot {
+    let snap = geolb::route::Snapshot {
         table: c.table,
         settings: c.settings,
         geo,
         tls: None,
         generation: 0,
         summary: c.summary,
-        client_keys: c.client_keys,
+        pool_keys: c.pool_keys,
     };
     let v = geolb::explain::explain(&snap, ip, host, path);
     println!("{}", serde_json::to_string_pretty(&v)?);

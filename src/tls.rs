@@ -2,7 +2,7 @@
 //! ALPN h2 + http/1.1, TLS 1.2/1.3 with rustls' strong default suites, session tickets.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::ServerConfig;
@@ -11,7 +11,14 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::routing::CertSpec;
+/// A certificate to load: names it answers for, PEM paths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertSpec {
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub default: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -29,7 +36,7 @@ fn file_err(path: &Path, reason: impl ToString) -> TlsError {
 }
 
 /// All certificates in a PEM file, leaf first.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| file_err(path, e))?
         .collect::<Result<Vec<_>, _>>()
@@ -41,7 +48,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 /// The first private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e))
 }
 
@@ -137,7 +144,7 @@ impl ResolvesServerCert for CertSet {
 }
 
 /// A server configuration for a certificate set: ALPN h2 + http/1.1, tickets and a cache.
-pub fn server_config(certs: Arc<CertSet>) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(certs: Arc<CertSet>) -> Result<Arc<ServerConfig>, TlsError> {
     let mut cfg = ServerConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
         &rustls::version::TLS12,

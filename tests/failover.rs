@@ -14,7 +14,7 @@ use http::{Request, StatusCode};
 const HEALTH: &str = "health = { path = \"/healthz\", interval = \"200ms\", unhealthy_interval = \"100ms\", timeout = \"300ms\", healthy = 2, unhealthy = 2 }";
 
 fn backend_health(g: &Geolb, name: &str) -> Arc<geolb::health::BackendHealth> {
-    let snap = g.shared().snapshot.load_full();
+    let snap = g.shared().edge.snapshot.load_full();
     for svc in snap.table.services.iter() {
         for b in svc.backends.iter() {
             if &*b.name == name {
@@ -38,7 +38,7 @@ async fn burst(g: &Geolb, n: usize) -> (HashMap<String, usize>, usize, Vec<(u64,
             continue;
         }
         let b = headers["x-backend"].to_str().unwrap().to_owned();
-        timeline.push((geolb::health::now_ms(), b.clone()));
+        timeline.push((geolb::time::now_ms(), b.clone()));
         *hits.entry(b).or_insert(0) += 1;
     }
     (hits, failed, timeline)
@@ -76,7 +76,7 @@ async fn region_failure_spills_gradually_and_fails_back_without_errors() {
     eprintln!("while fra-1 dies: {h:?}");
     let a1h = backend_health(&g, &a1.addr.to_string());
     eventually("fra-1 marked down", || {
-        !a1h.is_available(geolb::health::now_ms())
+        !a1h.is_available(geolb::time::now_ms())
     })
     .await;
     eprintln!("fra-1 out of rotation after {:?}", killed_at.elapsed());
@@ -98,7 +98,7 @@ async fn region_failure_spills_gradually_and_fails_back_without_errors() {
     while first_all_b.is_none() {
         let (h, f, _) = burst(&g, 20).await;
         total_failed += f;
-        if count(&h, &a) == 0 && !a2h.is_available(geolb::health::now_ms()) {
+        if count(&h, &a) == 0 && !a2h.is_available(geolb::time::now_ms()) {
             first_all_b = Some(killed_at.elapsed());
         }
         assert!(killed_at.elapsed() < WAIT, "traffic never left Frankfurt");
@@ -143,7 +143,7 @@ async fn region_failure_spills_gradually_and_fails_back_without_errors() {
             at - since
         );
     }
-    let retries = g.shared().snapshot.load().table.services[0]
+    let retries = g.shared().edge.snapshot.load().table.services[0]
         .retries_active
         .load(Ordering::Relaxed);
     assert_eq!(retries, 0);
@@ -223,7 +223,7 @@ async fn passive_detection_ejects_before_the_active_checker_notices() {
     let (h, failed, _) = burst(&g, 30).await;
     assert_eq!(failed, 0, "connect failures were retried on fra-2");
     assert!(
-        h1.is_ejected(geolb::health::now_ms()),
+        h1.is_ejected(geolb::time::now_ms()),
         "passive detection ejected fra-1"
     );
     assert!(
@@ -233,11 +233,11 @@ async fn passive_detection_ejects_before_the_active_checker_notices() {
     assert!(count(&h, &["fra-2"]) == 30, "{h:?}");
     // The ejection cap (50 % of 2 backends = 1) stops passive detection from emptying the region.
     let h2 = backend_health(&g, &a2.addr.to_string());
-    let p = g.shared().snapshot.load().table.services[0].passive;
+    let p = g.shared().edge.snapshot.load().table.services[0].passive;
     for _ in 0..5 {
         h2.observe_failure(&p, false);
     }
-    assert!(!h2.is_ejected(geolb::health::now_ms()));
+    assert!(!h2.is_ejected(geolb::time::now_ms()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

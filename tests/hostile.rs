@@ -194,11 +194,11 @@ async fn a_client_that_stalls_its_body_gets_408_and_the_backend_is_not_blamed() 
         assert!(text.starts_with("HTTP/1.1 408"), "{method}: {text}");
     }
     // The backend was not ejected for the client's fault.
-    let snap = g.shared().snapshot.load();
+    let snap = g.shared().edge.snapshot.load();
     assert!(
         snap.table.services[0].backends[0]
             .health
-            .is_available(geolb::health::now_ms())
+            .is_available(geolb::time::now_ms())
     );
 }
 
@@ -226,10 +226,10 @@ async fn malformed_client_bodies_do_not_eject_backends() {
             "{text}"
         );
     }
-    let snap = g.shared().snapshot.load();
+    let snap = g.shared().edge.snapshot.load();
     let h = &snap.table.services[0].backends[0].health;
     assert!(
-        h.is_available(geolb::health::now_ms()),
+        h.is_available(geolb::time::now_ms()),
         "a client's broken body ejected the backend"
     );
     assert_eq!(h.ejections(), 0);
@@ -335,11 +335,11 @@ async fn a_slow_upload_is_not_a_slow_backend() {
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("\"bytes\":10"), "{text}");
-    let snap = g.shared().snapshot.load();
+    let snap = g.shared().edge.snapshot.load();
     assert!(
         snap.table.services[0].backends[0]
             .health
-            .is_available(geolb::health::now_ms())
+            .is_available(geolb::time::now_ms())
     );
     assert_eq!(b.hits(), 1);
 }

@@ -30,15 +30,15 @@ mod common;
 
 #[test]
 fn the_decision_path_does_not_allocate() {
-    use geolb::client_ip::{IpHeader, TrustedNets};
-    use geolb::select;
+    use geolb::route::client_ip::{IpHeader, TrustedNets};
+    use geolb::route::select;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _g = rt.enter();
     let dir = tempfile::tempdir().unwrap();
     let city = geolb::geo::GeoDb::open(&common::write_city_mmdb(dir.path())).unwrap();
     let embedded = geolb::geo::GeoDb::embedded().unwrap();
     let health = geolb::health::HealthRegistry::default();
-    let pool = geolb::upstream::UpstreamPool::default();
+    let pool = geolb::UpstreamPool::default();
     let ctx = geolb::config::CompileCtx {
         health: &health,
         pool: &pool,
@@ -103,7 +103,12 @@ service = "h"
         for db in [&city, &embedded] {
             for (i, &ip0) in ips.iter().enumerate() {
                 let ip = if i == 0 {
-                    geolb::client_ip::resolve(peer, &headers, &trusted, &IpHeader::XForwardedFor)
+                    geolb::route::client_ip::resolve(
+                        peer,
+                        &headers,
+                        &trusted,
+                        &IpHeader::XForwardedFor,
+                    )
                 } else {
                     ip0
                 };
@@ -114,7 +119,7 @@ service = "h"
                 let p = select::pick(
                     &route.service,
                     &order,
-                    geolb::health::now_ms(),
+                    geolb::time::now_ms(),
                     select::hash_ip(ip),
                     &[],
                 )

@@ -172,7 +172,7 @@ async fn metrics_count_a_known_mix_and_show_a_stopped_backend() {
     // A stopped backend shows as down.
     fra.stop().await;
     let h = {
-        let snap = g.shared().snapshot.load();
+        let snap = g.shared().edge.snapshot.load();
         snap.table.services[0]
             .backends
             .iter()
@@ -246,7 +246,7 @@ async fn status_json_and_html_mark_a_failed_region() {
     fra.stop().await;
     let shared = g.shared().clone();
     eventually("fra-1 down", || {
-        !shared.snapshot.load().table.services[0].backends[0]
+        !shared.edge.snapshot.load().table.services[0].backends[0]
             .health
             .is_up()
     })
@@ -293,7 +293,7 @@ async fn status_json_and_html_mark_a_failed_region() {
     let mut fra2 = fra2;
     fra2.stop().await;
     eventually("fra-2 down", || {
-        !shared.snapshot.load().table.services[0].backends[1]
+        !shared.edge.snapshot.load().table.services[0].backends[1]
             .health
             .is_up()
     })

@@ -42,7 +42,7 @@ async fn edits_apply_under_load_without_a_failed_request() {
         "new route answered {:?} after the file was saved",
         written.elapsed()
     );
-    let snap = g.shared().snapshot.load();
+    let snap = g.shared().edge.snapshot.load();
     assert_eq!(snap.generation, 2);
     assert_eq!(
         snap.table
@@ -74,7 +74,7 @@ async fn invalid_files_are_refused_and_the_old_config_keeps_serving() {
     let (_, m) = admin_get(&g, "/metrics").await;
     let errors_before = metric(&m, "geolb_config_reloads_total{result=\"error\"}");
 
-    let mut generation = g.shared().snapshot.load().generation;
+    let mut generation = g.shared().edge.snapshot.load().generation;
     for (what, bad, expect) in [
         (
             "syntax error",
@@ -106,7 +106,7 @@ async fn invalid_files_are_refused_and_the_old_config_keeps_serving() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert_eq!(
-            g.shared().snapshot.load().generation,
+            g.shared().edge.snapshot.load().generation,
             generation,
             "{what} was applied"
         );
@@ -119,7 +119,7 @@ async fn invalid_files_are_refused_and_the_old_config_keeps_serving() {
             assert!(Instant::now() < deadline);
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        generation = g.shared().snapshot.load().generation;
+        generation = g.shared().edge.snapshot.load().generation;
     }
     let (_, m) = admin_get(&g, "/metrics").await;
     assert!(metric(&m, "geolb_config_reloads_total{result=\"error\"}") >= errors_before + 2.0);
@@ -168,7 +168,7 @@ async fn kubernetes_style_symlink_swaps_are_detected() {
     std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
     let shared = running.shared.clone();
     eventually("symlink swap picked up", || {
-        shared.snapshot.load().table.services[0].backends[0].weight == 7
+        shared.edge.snapshot.load().table.services[0].backends[0].weight == 7
     })
     .await;
     running.shutdown().await;
@@ -202,7 +202,7 @@ async fn a_websocket_survives_a_reload() {
     std::fs::write(&g.config, text).unwrap();
     g.shared().reload().await.unwrap();
     g.shared().reload().await.unwrap();
-    assert!(g.shared().snapshot.load().generation >= 2);
+    assert!(g.shared().edge.snapshot.load().generation >= 2);
     ws.send(tokio_tungstenite::tungstenite::Message::text("after"))
         .await
         .unwrap();
@@ -226,7 +226,7 @@ async fn health_state_is_kept_across_reloads() {
     let g = Geolb::start(&cfg).await;
     let name = a.addr.to_string();
     let down = |g: &Geolb| {
-        let snap = g.shared().snapshot.load();
+        let snap = g.shared().edge.snapshot.load();
         !snap.table.services[0]
             .backends
             .iter()
@@ -329,7 +329,7 @@ async fn a_moved_listener_binds_the_new_address_and_drains_the_old() {
         .replace("address = \"127.0.0.1:0\"", "address = \"127.0.0.2:0\"");
     std::fs::write(&g.config, text).unwrap();
     g.shared().reload().await.unwrap();
-    let new_addr = g.shared().bound(geolb::server::ListenerKind::Http).unwrap();
+    let new_addr = g.shared().bound(geolb::ListenerKind::Http).unwrap();
     assert_eq!(new_addr.ip().to_string(), "127.0.0.2");
     let (status, _, _) = get_as(&plain_client(), &format!("http://{new_addr}/"), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -394,7 +394,7 @@ async fn check_diff_compares_against_the_running_instance() {
         "{stdout}"
     );
     assert_eq!(
-        g.shared().snapshot.load().generation,
+        g.shared().edge.snapshot.load().generation,
         1,
         "check must not change the running instance"
     );
@@ -425,7 +425,9 @@ async fn a_removed_backend_is_no_longer_checked_and_its_connections_close() {
     std::fs::write(&g.config, without_b).unwrap();
     g.shared().reload().await.unwrap();
     assert_eq!(
-        g.shared().snapshot.load().table.services[0].backends.len(),
+        g.shared().edge.snapshot.load().table.services[0]
+            .backends
+            .len(),
         1
     );
     let open = b.open_conns.clone();
@@ -456,7 +458,7 @@ async fn removing_health_checks_brings_a_checked_down_backend_back() {
     let g = Geolb::start(&routes(&a, &b, 1, "").replace("[services.app]\n", checks)).await;
     let name = a.addr.to_string();
     let health = {
-        let snap = g.shared().snapshot.load();
+        let snap = g.shared().edge.snapshot.load();
         snap.table.services[0]
             .backends
             .iter()

@@ -43,7 +43,7 @@ async fn a_hundred_reloads_under_load_lose_nothing_and_leak_nothing() {
     let (ok, failed) = load.finish().await;
     eprintln!("100 reloads: {ok} requests ok, {failed} failed (warm-up: {ok0})");
     assert_eq!(failed, 0);
-    assert!(shared.snapshot.load().generation >= 101);
+    assert!(shared.edge.snapshot.load().generation >= 101);
     // Let connections from the load settle, then compare.
     // Closed connections are released asynchronously: wait for the counts to settle back.
     eventually("descriptors and tasks back to the pre-reload level", || {

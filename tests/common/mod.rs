@@ -658,7 +658,7 @@ impl Geolb {
         }
     }
 
-    pub fn shared(&self) -> &Arc<geolb::app::Shared> {
+    pub fn shared(&self) -> &Arc<geolb::Shared> {
         &self.running.as_ref().unwrap().shared
     }
 

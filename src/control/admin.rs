@@ -1,0 +1,269 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status` (JSON or HTML),
+//! `/explain`, and `POST /reload`. Optional bearer token (required for all but `/healthz`).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics::SharedString;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::control::app::Shared;
+use crate::control::explain;
+use crate::observe::metrics::{
+    BACKEND_EJECTED, BACKEND_INFLIGHT, BACKEND_UP, REGION_HEALTH, REGION_STATE,
+    REGION_TRAFFIC_SHARE,
+};
+use crate::time::now_ms;
+use crate::time::unix_now;
+
+type AdminResp = Response<Full<Bytes>>;
+
+/// Serve the admin listener until `stop` (moved) or hard shutdown.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let Some((stream, _)) = crate::net::accept::next(&listener, &stop, "admin").await else {
+            return;
+        };
+        let shared2 = shared.clone();
+        let hard = shared.edge.hard.clone();
+        shared.background.spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = shared2.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(req, &shared).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = hard.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> AdminResp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json_resp(status: StatusCode, v: &serde_json::Value) -> AdminResp {
+    text(
+        status,
+        "application/json",
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )
+}
+
+fn query(q: &str, key: &str) -> Option<String> {
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminResp {
+    let path = req.uri().path();
+    let snap = shared.edge.snapshot.load_full();
+    if path != "/healthz" {
+        if let Some(token) = &snap.settings.admin_token {
+            let ok = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| constant_eq(t.as_bytes(), token.as_bytes()));
+            if !ok {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    "text/plain",
+                    "401 Unauthorized (geolb admin)\n",
+                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => {
+            let now = now_ms();
+            let ready = snap.table.services.iter().any(|svc| {
+                (0..svc.regions.len())
+                    .any(|sr| crate::route::select::region_health(svc, sr, now) > 0.0)
+            });
+            if ready {
+                text(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: no region can serve\n",
+                )
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            update_gauges(&snap);
+            let handle = crate::observe::metrics::handle();
+            handle.run_upkeep();
+            text(StatusCode::OK, "text/plain; version=0.0.4", handle.render())
+        }
+        (&Method::GET, "/status") => {
+            let mut v = explain::status(&snap);
+            let reload = shared
+                .reload_status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            v["reload"] = json!(reload);
+            v["events"] = json!(shared.edge.events.recent());
+            v["time"] = json!(unix_now());
+            let wants_html = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("text/html"));
+            if wants_html {
+                text(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    crate::control::status_page::render(&v),
+                )
+            } else {
+                json_resp(StatusCode::OK, &v)
+            }
+        }
+        (&Method::GET, "/config") => json_resp(
+            StatusCode::OK,
+            &json!(crate::control::config::diff::ConfigView::of(&snap.table)),
+        ),
+        (&Method::GET, "/explain") => {
+            let q = req.uri().query().unwrap_or("");
+            let Some(ip) = query(q, "ip").and_then(|s| s.parse::<IpAddr>().ok()) else {
+                return json_resp(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "missing or invalid ?ip="}),
+                );
+            };
+            let host = query(q, "host").unwrap_or_default();
+            let path = query(q, "path").unwrap_or_else(|| "/".into());
+            json_resp(StatusCode::OK, &explain::explain(&snap, ip, &host, &path))
+        }
+        (&Method::POST, "/reload") => match shared.reload().await {
+            Ok(summary) => json_resp(
+                StatusCode::OK,
+                &json!({"result": "ok", "summary": summary, "generation": shared.edge.snapshot.load().generation}),
+            ),
+            Err(e) => json_resp(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({"result": "error", "errors": e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>()}),
+            ),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "404 Not Found (geolb admin: /metrics /healthz /readyz /status /explain /config POST /reload)\n",
+        ),
+    }
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Refresh state gauges from the live snapshot just before rendering.
+fn update_gauges(snap: &crate::route::Snapshot) {
+    let now = now_ms();
+    for svc in snap.table.services.iter() {
+        let s = SharedString::from_shared(svc.name.clone());
+        for (sr, r) in svc.regions.iter().enumerate() {
+            let region = SharedString::from_shared(snap.table.regions[r.region].name.clone());
+            metrics::gauge!(REGION_HEALTH, "service" => s.clone(), "region" => region.clone())
+                .set(crate::route::select::region_health(svc, sr, now));
+            let state = crate::control::explain::region_state(svc, sr, now);
+            for st in ["healthy", "spilling", "recovering", "down"] {
+                metrics::gauge!(REGION_STATE, "service" => s.clone(), "region" => region.clone(), "state" => st)
+                    .set(if st == state { 1.0 } else { 0.0 });
+            }
+            let total: u64 = svc
+                .regions
+                .iter()
+                .map(|x| x.served.load(std::sync::atomic::Ordering::Relaxed))
+                .sum();
+            let served = r.served.load(std::sync::atomic::Ordering::Relaxed);
+            metrics::gauge!(REGION_TRAFFIC_SHARE, "service" => s.clone(), "region" => region.clone())
+                .set(if total > 0 { served as f64 / total as f64 } else { 0.0 });
+            for &b in r.backends.iter() {
+                let be = &svc.backends[b];
+                let labels = [
+                    ("service", s.clone()),
+                    ("region", region.clone()),
+                    ("backend", SharedString::from_shared(be.name.clone())),
+                ];
+                let lv: Vec<metrics::Label> = labels
+                    .iter()
+                    .map(|(k, v)| metrics::Label::new(*k, v.clone()))
+                    .collect();
+                metrics::gauge!(BACKEND_UP, lv.clone()).set(if be.health.is_available(now) {
+                    1.0
+                } else {
+                    0.0
+                });
+                metrics::gauge!(BACKEND_EJECTED, lv.clone()).set(if be.health.is_ejected(now) {
+                    1.0
+                } else {
+                    0.0
+                });
+                metrics::gauge!(BACKEND_INFLIGHT, lv).set(f64::from(
+                    be.health
+                        .inflight
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ));
+            }
+        }
+    }
+}

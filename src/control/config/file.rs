@@ -1,0 +1,305 @@
+//! The on-disk shape of `routes.toml`: serde types only, no validation beyond types.
+//!
+//! Every table rejects unknown keys so a typo is an error, never a silently ignored setting.
+//! Defaults are applied in `compile.rs` and documented in `conf/routes.toml`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::observe::access_log::AccessLogFormat;
+use crate::route::{HttpMode, LbPolicy};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RoutesFile {
+    #[serde(default)]
+    pub listeners: ListenersFile,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub client_ip: ClientIpFile,
+    #[serde(default)]
+    pub geo: GeoFile,
+    #[serde(default)]
+    pub tls: TlsFile,
+    #[serde(default)]
+    pub access_log: AccessLogFile,
+    #[serde(default)]
+    pub headers: HeadersFile,
+    #[serde(default)]
+    pub metrics: MetricsFile,
+    #[serde(default)]
+    pub regions: BTreeMap<String, RegionFile>,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenersFile {
+    /// TLS listener address, e.g. "0.0.0.0:443".
+    pub https: Option<String>,
+    /// Optional plain-HTTP listener.
+    pub http: Option<HttpListenerFile>,
+    /// Admin listener (metrics, status, explain); "127.0.0.1:9901" when omitted, "off" to disable.
+    pub admin: Option<String>,
+    /// Bearer token required on the admin listener (recommended for non-loopback binds).
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpListenerFile {
+    pub address: String,
+    #[serde(default)]
+    pub mode: HttpMode,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TimeoutsFile {
+    pub tls_handshake: Option<String>,
+    pub request_header: Option<String>,
+    pub keepalive_idle: Option<String>,
+    pub upstream_connect: Option<String>,
+    pub upstream_response_header: Option<String>,
+    pub upstream_idle: Option<String>,
+    pub request: Option<String>,
+    pub shutdown_drain: Option<String>,
+    pub proxy_protocol: Option<String>,
+    pub request_body: Option<String>,
+    pub tunnel_idle: Option<String>,
+    pub client_send: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsFile {
+    pub max_header_bytes: Option<u64>,
+    pub max_headers: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub h2_max_pending_resets: Option<u64>,
+    pub h2_max_local_error_resets: Option<u64>,
+    pub max_idle_upstream_per_host: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClientIpFile {
+    /// CIDRs whose forwarding headers (and PROXY headers) are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// "x-forwarded-for" (default), "forwarded", or a single-value header such as "x-real-ip".
+    pub header: Option<String>,
+    /// Expect a PROXY protocol v1/v2 header on the public listeners.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GeoFile {
+    /// Path to a MaxMind-format database; omitted means the embedded country database.
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFile {
+    #[serde(default)]
+    pub certificates: Vec<CertificateFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertificateFile {
+    /// Exact names and `*.wildcard` names this certificate answers for (SNI).
+    #[serde(default)]
+    pub names: Vec<String>,
+    pub cert: String,
+    pub key: String,
+    /// Served when SNI is absent or matches no name; the first certificate otherwise.
+    #[serde(default)]
+    pub default: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccessLogFile {
+    pub enabled: Option<bool>,
+    pub format: Option<AccessLogFormat>,
+    /// File to append to; stdout when omitted.
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MetricsFile {
+    /// Histogram buckets in seconds (read at start; a change needs a restart).
+    pub buckets: Option<Vec<f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeadersFile {
+    /// Add `X-Geolb-Region` to responses (which region served).
+    #[serde(default)]
+    pub response_region: bool,
+    /// Keep the client's Host header (default true); false sends the backend's authority.
+    pub preserve_host: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegionFile {
+    /// [latitude, longitude] in degrees.
+    pub location: [f64; 2],
+    /// Route 53 style bias, -99..=99: positive attracts clients from further away.
+    #[serde(default)]
+    pub bias: i32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceFile {
+    #[serde(default)]
+    pub lb: LbPolicy,
+    /// Key for `lb = "hash"`: "client_ip" (default), "header:NAME" or "cookie:NAME".
+    pub hash_key: Option<String>,
+    pub backends: Vec<BackendFile>,
+    #[serde(default)]
+    pub health: HealthFile,
+    #[serde(default)]
+    pub passive: PassiveFile,
+    #[serde(default)]
+    pub spillover: SpilloverFile,
+    #[serde(default)]
+    pub retry: RetryFile,
+    #[serde(default)]
+    pub upstream_tls: UpstreamTlsFile,
+    /// Speak HTTP/2 (prior knowledge or ALPN) to the backends.
+    #[serde(default)]
+    pub http2: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackendFile {
+    pub region: String,
+    /// "host:port" (plain HTTP) …
+    pub address: Option<String>,
+    /// … or a URL, "http://host:port" or "https://host[:port]".
+    pub url: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthFile {
+    /// "http" (default when `path` is set), "tcp", or "none".
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub method: Option<String>,
+    pub host: Option<String>,
+    /// Status ranges counted healthy, e.g. ["200-399"].
+    pub expect: Option<Vec<String>>,
+    pub interval: Option<String>,
+    pub unhealthy_interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy: Option<u32>,
+    pub unhealthy: Option<u32>,
+    /// "healthy" (default) or "unhealthy" until the first checks pass.
+    pub initial: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PassiveFile {
+    pub consecutive_failures: Option<u32>,
+    /// Count 5xx responses as failures.
+    pub on_5xx: Option<bool>,
+    pub base_ejection: Option<String>,
+    pub max_ejection: Option<String>,
+    /// Percentage of a region's backends passive detection may eject at once.
+    pub max_ejection_percent: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SpilloverFile {
+    pub overprovisioning: Option<f64>,
+    /// Fraction (0..1) of total healthy weight under which the service panics.
+    pub panic_threshold: Option<f64>,
+    /// "fail_open" or "fail_closed" (503).
+    pub panic: Option<String>,
+    pub failback_delay: Option<String>,
+    pub slow_start: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetryFile {
+    pub attempts: Option<u32>,
+    /// Any of "connect", "reset", "timeout" and status codes like "502", "503".
+    pub on: Option<Vec<String>>,
+    /// Retries allowed as a fraction of active requests.
+    pub budget: Option<f64>,
+    pub min_retries: Option<u32>,
+    /// Largest request body buffered so it can be replayed.
+    pub buffer_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamTlsFile {
+    /// PEM CA bundle that signs the backends; system roots when omitted.
+    pub ca: Option<String>,
+    /// SNI and verification name; the URL's host when omitted.
+    pub server_name: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteFile {
+    /// Exact host names and `*.suffix` wildcards; empty or ["*"] matches every host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    pub service: String,
+    /// Region order for clients whose location is unknown.
+    pub default_regions: Option<Vec<String>>,
+    #[serde(default)]
+    pub overrides: Vec<OverrideFile>,
+}
+
+fn default_prefix() -> String {
+    "/".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OverrideFile {
+    #[serde(default)]
+    pub countries: Vec<String>,
+    #[serde(default)]
+    pub continents: Vec<String>,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    pub regions: Vec<String>,
+}

@@ -1,0 +1,12 @@
+//! Configuration: `file` (serde shape), `compile` (validation into runtime types), `diag`
+//! (positioned errors).
+
+pub mod compile;
+pub mod diag;
+pub mod diff;
+pub(crate) mod file;
+mod service;
+mod values;
+
+pub use compile::{CompileCtx, Compiled, compile_str, load};
+pub use diag::{ConfigError, ConfigErrors};

@@ -1,0 +1,482 @@
+//! Services: backends, regions, balancing, health checks, passive detection, spillover,
+//! retries and the upstream pool, validated with field paths (part of `compile`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, Method, Uri};
+
+use super::compile::Compiler;
+use super::file;
+use crate::health::PassivePolicy;
+use crate::route::*;
+use crate::upstream::PoolKey;
+
+impl Compiler<'_, '_> {
+    pub(super) fn service(
+        &mut self,
+        name: &str,
+        s: &file::ServiceFile,
+        region_idx: &HashMap<&str, usize>,
+        settings: &Settings,
+        pool_keys: &mut Vec<PoolKey>,
+    ) -> Option<Service> {
+        let p = format!("services.{name}");
+        let errors_before = self.errors.len();
+        if s.backends.is_empty() {
+            self.err(
+                &format!("{p}.backends"),
+                "a service needs at least one backend",
+            );
+        }
+        let mut backends = Vec::new();
+        let mut regions: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut any_https = false;
+        let mut any_http = false;
+        let mut seen = HashSet::new();
+        let initial_up = !matches!(s.health.initial.as_deref(), Some("unhealthy"));
+        for (i, b) in s.backends.iter().enumerate() {
+            let bp = format!("{p}.backends[{i}]");
+            let Some(&ridx) = region_idx.get(b.region.as_str()) else {
+                let hint = region_idx
+                    .keys()
+                    .min_by_key(|k| super::diag::edit_distance(&b.region, k))
+                    .map(|k| format!(" (did you mean `{k}`?)"))
+                    .unwrap_or_default();
+                self.err(
+                    &format!("{bp}.region"),
+                    format!("unknown region `{}`{hint}", b.region),
+                );
+                continue;
+            };
+            let (scheme, authority, label) = match (&b.address, &b.url) {
+                (Some(a), None) => match a.parse::<Authority>() {
+                    Ok(auth) if auth.port_u16().is_some() => (Scheme::HTTP, auth, a.clone()),
+                    _ => {
+                        self.err(&format!("{bp}.address"), format!("`{a}` is not host:port"));
+                        continue;
+                    }
+                },
+                (None, Some(u)) => match u.parse::<Uri>() {
+                    Ok(uri)
+                        if matches!(uri.scheme_str(), Some("http" | "https"))
+                            && uri.authority().is_some()
+                            && uri.path() == "/" =>
+                    {
+                        let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+                        (
+                            scheme,
+                            uri.authority().cloned().expect("checked"),
+                            u.clone(),
+                        )
+                    }
+                    _ => {
+                        self.err(
+                            &format!("{bp}.url"),
+                            format!("`{u}` is not an http:// or https:// URL without a path"),
+                        );
+                        continue;
+                    }
+                },
+                _ => {
+                    self.err(&bp, "set exactly one of `address` and `url`");
+                    continue;
+                }
+            };
+            if !seen.insert(label.clone()) {
+                self.err(&bp, format!("backend `{label}` is listed twice"));
+            }
+            if b.weight > 10_000 {
+                self.err(&format!("{bp}.weight"), "weight must be 0..=10000");
+            }
+            if scheme == Scheme::HTTPS {
+                any_https = true
+            } else {
+                any_http = true
+            }
+            let sr = match regions.iter().position(|(r, _)| *r == ridx) {
+                Some(x) => x,
+                None => {
+                    regions.push((ridx, Vec::new()));
+                    regions.len() - 1
+                }
+            };
+            regions[sr].1.push(backends.len());
+            let health = self
+                .ctx
+                .health
+                .get_or_create(&format!("{name}|{label}"), initial_up);
+            let host_header = HeaderValue::from_str(authority.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+            backends.push(Backend {
+                name: label.into(),
+                scheme,
+                host_header,
+                authority,
+                weight: b.weight,
+                region: sr,
+                health,
+            });
+        }
+        if regions.len() > MAX_REGIONS {
+            self.err(
+                &format!("{p}.backends"),
+                format!("a service may span at most {MAX_REGIONS} regions"),
+            );
+        }
+        let hash_key = match s.hash_key.as_deref() {
+            None | Some("client_ip") => HashKey::ClientIp,
+            Some(k) => match k.split_once(':') {
+                Some(("header", h)) => match HeaderName::from_bytes(h.trim().as_bytes()) {
+                    Ok(n) => HashKey::Header(n),
+                    Err(_) => {
+                        self.err(
+                            &format!("{p}.hash_key"),
+                            format!("`{h}` is not a header name"),
+                        );
+                        HashKey::ClientIp
+                    }
+                },
+                Some(("cookie", c)) if !c.trim().is_empty() => HashKey::Cookie(c.trim().into()),
+                _ => {
+                    self.err(
+                        &format!("{p}.hash_key"),
+                        "expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\"",
+                    );
+                    HashKey::ClientIp
+                }
+            },
+        };
+        let check = self.check(&p, &s.health);
+        if check.is_none() && !initial_up {
+            self.err(&format!("{p}.health.initial"), "\"unhealthy\" needs active health checks (set `path` or `kind`), or backends never come up");
+        }
+        if check.is_none() && self.errors.len() == errors_before {
+            // Nothing will ever re-check these backends: a state left down by checks that were
+            // removed in this reload must not keep them out of rotation forever.
+            for b in &backends {
+                b.health.force_up();
+            }
+        }
+        if s.passive.max_ejection_percent.is_some_and(|v| v > 100) {
+            self.err(
+                &format!("{p}.passive.max_ejection_percent"),
+                "must be 0..=100",
+            );
+        }
+        let pv = &s.passive;
+        let passive = PassivePolicy {
+            consecutive_failures: pv.consecutive_failures.unwrap_or(5),
+            on_5xx: pv.on_5xx.unwrap_or(false),
+            base_ejection_ms: self
+                .duration(
+                    &format!("{p}.passive.base_ejection"),
+                    &pv.base_ejection,
+                    Duration::from_secs(30),
+                )
+                .as_millis() as u64,
+            max_ejection_ms: self
+                .duration(
+                    &format!("{p}.passive.max_ejection"),
+                    &pv.max_ejection,
+                    Duration::from_secs(300),
+                )
+                .as_millis() as u64,
+            max_ejection_percent: pv.max_ejection_percent.unwrap_or(50),
+        };
+        let sp = &s.spillover;
+        let overprovisioning = sp.overprovisioning.unwrap_or(1.4);
+        if !(1.0..=10.0).contains(&overprovisioning) {
+            self.err(
+                &format!("{p}.spillover.overprovisioning"),
+                "must be between 1.0 and 10.0",
+            );
+        }
+        let panic_threshold = sp.panic_threshold.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&panic_threshold) {
+            self.err(
+                &format!("{p}.spillover.panic_threshold"),
+                "must be between 0.0 and 1.0",
+            );
+        }
+        let panic = match sp.panic.as_deref() {
+            None | Some("fail_open") => PanicMode::FailOpen,
+            Some("fail_closed") => PanicMode::FailClosed,
+            Some(o) => {
+                self.err(
+                    &format!("{p}.spillover.panic"),
+                    format!("`{o}`: expected \"fail_open\" or \"fail_closed\""),
+                );
+                PanicMode::FailOpen
+            }
+        };
+        let spill = SpillPolicy {
+            overprovisioning,
+            panic_threshold,
+            panic,
+            failback_delay_ms: self
+                .duration(
+                    &format!("{p}.spillover.failback_delay"),
+                    &sp.failback_delay,
+                    Duration::from_secs(30),
+                )
+                .as_millis() as u64,
+            slow_start_ms: self
+                .duration(
+                    &format!("{p}.spillover.slow_start"),
+                    &sp.slow_start,
+                    Duration::ZERO,
+                )
+                .as_millis() as u64,
+        };
+        let retry = self.retry(&p, &s.retry);
+        let ut = &s.upstream_tls;
+        if ut.client_cert.is_some() != ut.client_key.is_some() {
+            self.err(
+                &format!("{p}.upstream_tls"),
+                "set both client_cert and client_key, or neither",
+            );
+        }
+        let key = PoolKey {
+            ca: ut.ca.as_deref().map(|c| self.path(c)),
+            server_name: ut.server_name.clone(),
+            client_cert: ut
+                .client_cert
+                .as_deref()
+                .zip(ut.client_key.as_deref())
+                .map(|(c, k)| (self.path(c), self.path(k))),
+            http2_prior_knowledge: s.http2 && any_http && !any_https,
+            http2_alpn: s.http2,
+            connect_timeout: settings.timeouts.upstream_connect,
+            idle_timeout: settings.timeouts.upstream_idle,
+            max_idle: settings.limits.max_idle_upstream_per_host,
+            backends: {
+                let mut names: Vec<String> = backends.iter().map(|b| b.name.to_string()).collect();
+                names.sort();
+                names
+            },
+        };
+        if s.http2 && any_http && any_https {
+            self.err(
+                &format!("{p}.http2"),
+                "http2 needs all backends https (ALPN) or all http (prior knowledge)",
+            );
+        }
+        let client = match self.ctx.pool.client(&key) {
+            Ok(c) => c,
+            Err(e) => {
+                self.err(&format!("{p}.upstream_tls"), e);
+                return None;
+            }
+        };
+        pool_keys.push(key.clone());
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        let regions = regions
+            .into_iter()
+            .map(|(region, idx)| build_region(region, idx, &backends))
+            .collect();
+        Some(Service {
+            name: name.into(),
+            lb: s.lb,
+            hash_key,
+            backends: backends.into(),
+            regions,
+            client,
+            pool_key: key,
+            passive,
+            spill,
+            retry,
+            check,
+            active: AtomicU32::new(0),
+            retries_active: AtomicU32::new(0),
+            draws: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn check(&mut self, p: &str, h: &file::HealthFile) -> Option<CheckSpec> {
+        let hp = format!("{p}.health");
+        let kind = match h.kind.as_deref() {
+            Some("none") => return None,
+            Some("tcp") => CheckKind::Tcp,
+            None if h.path.is_none() => return None,
+            None | Some("http") => {
+                let method = match h.method.as_deref().unwrap_or("GET").parse::<Method>() {
+                    Ok(m) => m,
+                    Err(_) => {
+                        self.err(&format!("{hp}.method"), "not an HTTP method");
+                        Method::GET
+                    }
+                };
+                let path = h.path.clone().unwrap_or_else(|| "/".into());
+                if !path.starts_with('/') {
+                    self.err(&format!("{hp}.path"), "must start with `/`");
+                }
+                let mut expect = Vec::new();
+                for (i, e) in h
+                    .expect
+                    .clone()
+                    .unwrap_or_else(|| vec!["200-399".into()])
+                    .iter()
+                    .enumerate()
+                {
+                    let parsed = match e.split_once('-') {
+                        Some((a, b)) => a.trim().parse().ok().zip(b.trim().parse().ok()),
+                        None => e.trim().parse().ok().map(|x| (x, x)),
+                    };
+                    match parsed {
+                        Some((a, b)) if (100..=599).contains(&a) && a <= b && b <= 599 => {
+                            expect.push((a, b))
+                        }
+                        _ => self.err(
+                            &format!("{hp}.expect[{i}]"),
+                            format!("`{e}` is not a status or range like \"200-399\""),
+                        ),
+                    }
+                }
+                CheckKind::Http {
+                    method,
+                    path,
+                    host: h.host.clone(),
+                    expect,
+                }
+            }
+            Some(o) => {
+                self.err(
+                    &format!("{hp}.kind"),
+                    format!("`{o}`: expected \"http\", \"tcp\" or \"none\""),
+                );
+                return None;
+            }
+        };
+        let interval = self.duration(
+            &format!("{hp}.interval"),
+            &h.interval,
+            Duration::from_secs(2),
+        );
+        let spec = CheckSpec {
+            kind,
+            interval,
+            unhealthy_interval: self.duration(
+                &format!("{hp}.unhealthy_interval"),
+                &h.unhealthy_interval,
+                interval.min(Duration::from_secs(1)),
+            ),
+            timeout: self.duration(&format!("{hp}.timeout"), &h.timeout, Duration::from_secs(1)),
+            rise: h.healthy.unwrap_or(2),
+            fall: h.unhealthy.unwrap_or(3),
+        };
+        if spec.rise == 0 || spec.fall == 0 {
+            self.err(&hp, "healthy and unhealthy thresholds must be at least 1");
+        }
+        if spec.interval.is_zero() || spec.timeout.is_zero() || spec.unhealthy_interval.is_zero() {
+            self.err(
+                &hp,
+                "interval, unhealthy_interval and timeout must be greater than zero",
+            );
+        }
+        if let Some(init) = &h.initial {
+            if init != "healthy" && init != "unhealthy" {
+                self.err(
+                    &format!("{hp}.initial"),
+                    "expected \"healthy\" or \"unhealthy\"",
+                );
+            }
+        }
+        Some(spec)
+    }
+
+    fn retry(&mut self, p: &str, r: &file::RetryFile) -> RetryPolicy {
+        let attempts = r.attempts.unwrap_or(3) as usize;
+        if !(1..=MAX_ATTEMPTS).contains(&attempts) {
+            self.err(
+                &format!("{p}.retry.attempts"),
+                format!("must be 1..={MAX_ATTEMPTS}"),
+            );
+        }
+        let mut pol = RetryPolicy {
+            attempts: attempts.clamp(1, MAX_ATTEMPTS),
+            on_connect: false,
+            on_reset: false,
+            on_timeout: false,
+            on_status: Box::new([]),
+            budget: r.budget.unwrap_or(0.2),
+            min_retries: r.min_retries.unwrap_or(3),
+            buffer_bytes: r.buffer_bytes.unwrap_or(64 * 1024),
+        };
+        let on = r
+            .on
+            .clone()
+            .unwrap_or_else(|| vec!["connect".into(), "reset".into(), "502".into(), "503".into()]);
+        let mut statuses = Vec::new();
+        for (i, o) in on.iter().enumerate() {
+            match o.as_str() {
+                "connect" => pol.on_connect = true,
+                "reset" => pol.on_reset = true,
+                "timeout" => pol.on_timeout = true,
+                s => match s.parse::<u16>() {
+                    Ok(code) if (500..=599).contains(&code) => statuses.push(code),
+                    _ => self.err(
+                        &format!("{p}.retry.on[{i}]"),
+                        format!("`{s}`: expected connect, reset, timeout or a 5xx status"),
+                    ),
+                },
+            }
+        }
+        pol.on_status = statuses.into();
+        if !(0.0..=1.0).contains(&pol.budget) {
+            self.err(&format!("{p}.retry.budget"), "must be between 0.0 and 1.0");
+        }
+        pol
+    }
+}
+
+fn build_region(region: usize, idx: Vec<usize>, backends: &[Backend]) -> ServiceRegion {
+    let total_weight = idx.iter().map(|&b| u64::from(backends[b].weight)).sum();
+    // Interleaved weighted schedule (smooth weighted round robin, precomputed).
+    let mut rr = Vec::new();
+    let weights: Vec<i64> = idx.iter().map(|&b| i64::from(backends[b].weight)).collect();
+    let total: i64 = weights.iter().sum();
+    if total > 0 {
+        let mut current = vec![0i64; idx.len()];
+        let len = total.min(4096);
+        for _ in 0..len {
+            for (c, w) in current.iter_mut().zip(&weights) {
+                *c += w;
+            }
+            let best = (0..idx.len())
+                .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+                .unwrap_or(0);
+            current[best] -= total;
+            rr.push(idx[best]);
+        }
+    } else {
+        rr.extend(idx.iter().copied());
+    }
+    // Consistent-hash ring: 100 points per unit of weight (at least 1 point).
+    let mut ring = Vec::new();
+    for &b in &idx {
+        let points = (backends[b].weight.max(1) as usize * 100).min(10_000);
+        let base = crate::route::select::hash_bytes(backends[b].name.as_bytes());
+        for k in 0..points {
+            ring.push((
+                crate::route::select::mix(base ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                b,
+            ));
+        }
+    }
+    ring.sort_unstable();
+    ServiceRegion {
+        region,
+        backends: idx.into(),
+        total_weight,
+        rr_table: rr.into(),
+        rr_next: AtomicUsize::new(0),
+        ring: ring.into(),
+        served: std::sync::atomic::AtomicU64::new(0),
+        eject_lock: std::sync::Mutex::new(()),
+    }
+}

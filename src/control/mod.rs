@@ -1,0 +1,10 @@
+//! The control path: configuration (file → compile → publish), reload, active health
+//! checks, the admin listener, `explain` and the status page.
+
+pub(crate) mod admin;
+pub(crate) mod app;
+pub(crate) mod checker;
+pub mod config;
+pub mod explain;
+pub(crate) mod reload;
+pub(crate) mod status_page;

@@ -1,0 +1,240 @@
+//! Per-backend health held in atomics, read lock-free on the request path.
+//!
+//! Availability = actively healthy (rise/fall hysteresis) AND not passively ejected.
+//! The registry keys state by backend identity (service, address) so a reload keeps it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::time::now_ms;
+
+/// Passive ejection settings for one service.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PassivePolicy {
+    /// Consecutive failures that eject; 0 disables passive detection.
+    pub consecutive_failures: u32,
+    pub on_5xx: bool,
+    pub base_ejection_ms: u64,
+    pub max_ejection_ms: u64,
+    /// At most this share (percent) of a region's backends ejected at once.
+    pub max_ejection_percent: u32,
+}
+
+/// Live health of one backend.
+#[derive(Debug)]
+pub struct BackendHealth {
+    /// Result of active checks after hysteresis.
+    up: AtomicBool,
+    ok_streak: AtomicU32,
+    fail_streak: AtomicU32,
+    /// `now_ms()` when the backend last became available (0 = available since start).
+    up_since_ms: AtomicU64,
+    /// Passive: consecutive failures seen on live traffic.
+    passive_failures: AtomicU32,
+    /// Passive: ejected until this `now_ms()`; 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+    ejections: AtomicU32,
+    /// Requests in flight (least-request balancing).
+    pub inflight: AtomicU32,
+    /// State changes, for operators.
+    pub transitions: AtomicU64,
+}
+
+impl BackendHealth {
+    pub fn new(initially_up: bool) -> Self {
+        BackendHealth {
+            up: AtomicBool::new(initially_up),
+            ok_streak: AtomicU32::new(0),
+            fail_streak: AtomicU32::new(0),
+            up_since_ms: AtomicU64::new(0),
+            passive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            inflight: AtomicU32::new(0),
+            transitions: AtomicU64::new(0),
+        }
+    }
+
+    /// Actively healthy (ignores passive ejection).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    pub fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until_ms.load(Relaxed) > now
+    }
+
+    /// May receive traffic now.
+    pub fn is_available(&self, now: u64) -> bool {
+        self.is_up() && !self.is_ejected(now)
+    }
+
+    /// `now_ms()` at which the backend last became available; 0 when it always was.
+    pub fn up_since(&self) -> u64 {
+        self.up_since_ms.load(Relaxed)
+    }
+
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Relaxed)
+    }
+
+    /// Record an active check result; returns `Some(new_state)` when the state flipped.
+    pub fn observe_check(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        if ok {
+            self.fail_streak.store(0, Relaxed);
+            let streak = self.ok_streak.fetch_add(1, Relaxed).saturating_add(1);
+            if !self.is_up() && streak >= rise {
+                // A backend that was never up (initial = "unhealthy") joins at full weight;
+                // one that recovers waits for fail-back and ramps (see `select`).
+                let since = if self.transitions.load(Relaxed) == 0 {
+                    0
+                } else {
+                    now_ms()
+                };
+                self.up_since_ms.store(since, Relaxed);
+                self.passive_failures.store(0, Relaxed);
+                self.up.store(true, Relaxed);
+                self.transitions.fetch_add(1, Relaxed);
+                return Some(true);
+            }
+        } else {
+            self.ok_streak.store(0, Relaxed);
+            let streak = self.fail_streak.fetch_add(1, Relaxed).saturating_add(1);
+            if self.is_up() && streak >= fall {
+                self.up.store(false, Relaxed);
+                self.transitions.fetch_add(1, Relaxed);
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    /// Mark up without a check (the service no longer has active checks). Passive ejection
+    /// still applies.
+    pub fn force_up(&self) {
+        if !self.up.swap(true, Relaxed) {
+            self.up_since_ms.store(now_ms(), Relaxed);
+            self.transitions.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A live request succeeded.
+    pub fn observe_success(&self) {
+        if self.passive_failures.load(Relaxed) != 0 {
+            self.passive_failures.store(0, Relaxed);
+        }
+    }
+
+    /// A live request failed. `may_eject` says whether the region's ejection cap allows one
+    /// more. Returns true when this call ejected the backend.
+    pub fn observe_failure(&self, p: &PassivePolicy, may_eject: bool) -> bool {
+        if p.consecutive_failures == 0 {
+            return false;
+        }
+        let n = self.passive_failures.fetch_add(1, Relaxed) + 1;
+        let now = now_ms();
+        if n < p.consecutive_failures || self.is_ejected(now) || !may_eject {
+            return false;
+        }
+        // Forget earlier ejections once the backend has behaved for a whole max_ejection.
+        let until = self.ejected_until_ms.load(Relaxed);
+        if until != 0 && now > until.saturating_add(p.max_ejection_ms) {
+            self.ejections.store(0, Relaxed);
+        }
+        let k = self.ejections.fetch_add(1, Relaxed).min(16);
+        let dur = p
+            .base_ejection_ms
+            .saturating_mul(1 << k)
+            .min(p.max_ejection_ms.max(1));
+        self.ejected_until_ms.store(now + dur, Relaxed);
+        self.passive_failures.store(0, Relaxed);
+        self.transitions.fetch_add(1, Relaxed);
+        true
+    }
+}
+
+/// Health state by backend identity, shared by every compiled snapshot.
+#[derive(Debug, Default)]
+pub struct HealthRegistry {
+    map: Mutex<HashMap<String, Weak<BackendHealth>>>,
+}
+
+impl HealthRegistry {
+    /// The state for `key`, creating it (with `initially_up`) when no live snapshot holds it.
+    pub fn get_or_create(&self, key: &str, initially_up: bool) -> Arc<BackendHealth> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = map.get(key).and_then(Weak::upgrade) {
+            return h;
+        }
+        let h = Arc::new(BackendHealth::new(initially_up));
+        map.insert(key.to_owned(), Arc::downgrade(&h));
+        map.retain(|_, w| w.strong_count() > 0);
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: PassivePolicy = PassivePolicy {
+        consecutive_failures: 3,
+        on_5xx: true,
+        base_ejection_ms: 1000,
+        max_ejection_ms: 5000,
+        max_ejection_percent: 50,
+    };
+
+    #[test]
+    fn hysteresis_needs_consecutive_results() {
+        let h = BackendHealth::new(true);
+        assert_eq!(h.observe_check(false, 2, 3), None);
+        assert_eq!(h.observe_check(false, 2, 3), None);
+        assert_eq!(h.observe_check(true, 2, 3), None); // streak broken
+        assert_eq!(h.observe_check(false, 2, 3), None);
+        assert_eq!(h.observe_check(false, 2, 3), None);
+        assert_eq!(h.observe_check(false, 2, 3), Some(false));
+        assert!(!h.is_up());
+        assert_eq!(h.observe_check(true, 2, 3), None);
+        assert_eq!(h.observe_check(false, 2, 3), None);
+        assert_eq!(h.observe_check(true, 2, 3), None);
+        assert_eq!(h.observe_check(true, 2, 3), Some(true));
+        assert!(h.is_up() && h.up_since() > 0);
+    }
+
+    #[test]
+    fn passive_ejection_grows_and_caps() {
+        let h = BackendHealth::new(true);
+        assert!(!h.observe_failure(&P, true));
+        assert!(!h.observe_failure(&P, true));
+        assert!(h.observe_failure(&P, true));
+        let now = now_ms();
+        assert!(!h.is_available(now));
+        let first = h.ejected_until_ms.load(Relaxed) - now;
+        assert!(first <= 1000);
+        h.ejected_until_ms.store(0, Relaxed);
+        for _ in 0..3 {
+            h.observe_failure(&P, true);
+        }
+        let second = h.ejected_until_ms.load(Relaxed) - now_ms();
+        assert!(second > 1000 && second <= 2000, "{second}");
+        // The region cap can forbid ejection.
+        let g = BackendHealth::new(true);
+        for _ in 0..5 {
+            assert!(!g.observe_failure(&P, false));
+        }
+        assert!(g.is_available(now_ms()));
+    }
+
+    #[test]
+    fn registry_keeps_state_while_referenced() {
+        let r = HealthRegistry::default();
+        let a = r.get_or_create("svc|10.0.0.1:80", true);
+        a.observe_check(false, 1, 1);
+        let b = r.get_or_create("svc|10.0.0.1:80", true);
+        assert!(!b.is_up());
+        drop((a, b));
+        assert!(r.get_or_create("svc|10.0.0.1:80", true).is_up());
+    }
+}

@@ -1,0 +1,254 @@
+//! Every metric name, the Prometheus recorder, and handles pre-bound at compile time.
+//!
+//! Labels come from bounded sets only: route, region, backend, service, status class, result.
+
+use std::sync::OnceLock;
+
+use metrics::{
+    Counter, Histogram, SharedString, counter, describe_counter, describe_gauge,
+    describe_histogram, histogram,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub(crate) const REQUESTS_TOTAL: &str = "geolb_requests_total";
+pub(crate) const REQUEST_DURATION: &str = "geolb_request_duration_seconds";
+pub(crate) const UPSTREAM_ERRORS_TOTAL: &str = "geolb_upstream_errors_total";
+pub(crate) const RETRIES_TOTAL: &str = "geolb_retries_total";
+pub(crate) const SPILLOVER_TOTAL: &str = "geolb_spillover_requests_total";
+pub(crate) const BACKEND_UP: &str = "geolb_backend_up";
+pub(crate) const BACKEND_EJECTED: &str = "geolb_backend_ejected";
+pub(crate) const BACKEND_INFLIGHT: &str = "geolb_backend_inflight_requests";
+pub(crate) const REGION_HEALTH: &str = "geolb_region_health_ratio";
+pub(crate) const GEO_LOOKUPS_TOTAL: &str = "geolb_geo_lookups_total";
+pub(crate) const TLS_HANDSHAKES_TOTAL: &str = "geolb_tls_handshakes_total";
+pub(crate) const CONNECTIONS_ACTIVE: &str = "geolb_connections_active";
+pub(crate) const CONNECTIONS_TOTAL: &str = "geolb_connections_total";
+pub(crate) const CLIENT_SEND_TIMEOUTS_TOTAL: &str = "geolb_client_send_timeouts_total";
+pub(crate) const CONFIG_GENERATION: &str = "geolb_config_generation";
+pub(crate) const CONFIG_RELOADS_TOTAL: &str = "geolb_config_reloads_total";
+pub(crate) const CONFIG_LAST_RELOAD_SUCCESS: &str =
+    "geolb_config_last_reload_success_timestamp_seconds";
+pub(crate) const ACCESS_LOG_DROPPED_TOTAL: &str = "geolb_access_log_dropped_total";
+pub(crate) const REGION_STATE: &str = "geolb_region_state";
+pub(crate) const REGION_TRAFFIC_SHARE: &str = "geolb_region_traffic_share";
+pub(crate) const GEO_COUNTRY_REQUESTS_TOTAL: &str = "geolb_geo_country_requests_total";
+pub(crate) const REQUESTS_ACTIVE: &str = "geolb_requests_active";
+
+/// Countries that get their own label in `geolb_geo_country_requests_total`; the rest are
+/// counted as `other` (first come, first labelled; bounded cardinality).
+pub(crate) const TOP_COUNTRIES: usize = 50;
+
+/// Default latency buckets, seconds: 1 ms … 10 s.
+pub(crate) const DEFAULT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The recorder's handle (installing it with the default buckets if needed).
+pub(crate) fn handle() -> &'static PrometheusHandle {
+    install(DEFAULT_BUCKETS)
+}
+
+/// Install the process-wide recorder once with `buckets` (seconds) for every histogram;
+/// later calls return the same handle and ignore their buckets.
+pub(crate) fn install(buckets: &[f64]) -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let buckets = if buckets.is_empty() {
+            DEFAULT_BUCKETS
+        } else {
+            buckets
+        };
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(buckets)
+            .unwrap_or_else(|_| {
+                PrometheusBuilder::new()
+                    .set_buckets(DEFAULT_BUCKETS)
+                    .expect("static buckets are valid")
+            })
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        describe_all();
+        handle
+    })
+}
+
+fn describe_all() {
+    describe_counter!(
+        CLIENT_SEND_TIMEOUTS_TOTAL,
+        "Connections closed because the client stopped reading (timeouts.client_send)."
+    );
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by route, serving region and status class."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time to response headers, by route and region."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS_TOTAL,
+        "Upstream attempt failures, by service, backend and kind."
+    );
+    describe_counter!(RETRIES_TOTAL, "Retried attempts, by service.");
+    describe_counter!(
+        SPILLOVER_TOTAL,
+        "Requests served outside the client's nearest region, by route, from and to region."
+    );
+    describe_gauge!(
+        BACKEND_UP,
+        "1 when the backend may receive traffic (healthy and not ejected)."
+    );
+    describe_gauge!(
+        BACKEND_EJECTED,
+        "1 while passive detection has ejected the backend."
+    );
+    describe_gauge!(BACKEND_INFLIGHT, "Requests in flight to the backend.");
+    describe_gauge!(
+        REGION_HEALTH,
+        "Healthy share of a service's weight in a region (0..1)."
+    );
+    describe_counter!(
+        GEO_LOOKUPS_TOTAL,
+        "Client location lookups, by result (city, country, unknown)."
+    );
+    describe_counter!(
+        TLS_HANDSHAKES_TOTAL,
+        "TLS handshakes, by result and protocol version."
+    );
+    describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections, by listener.");
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "Accepted client connections, by listener."
+    );
+    describe_gauge!(
+        CONFIG_GENERATION,
+        "Generation of the configuration being served."
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Configuration reload attempts, by result."
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        "Unix time of the last successful configuration load."
+    );
+    describe_counter!(
+        ACCESS_LOG_DROPPED_TOTAL,
+        "Access log lines dropped because the writer fell behind."
+    );
+    describe_gauge!(
+        REGION_STATE,
+        "1 for the region's current state (healthy, spilling, recovering, down), else 0."
+    );
+    describe_gauge!(
+        REGION_TRAFFIC_SHARE,
+        "Share (0..1) of a service's answered requests served by the region since the last reload."
+    );
+    describe_counter!(
+        GEO_COUNTRY_REQUESTS_TOTAL,
+        "Requests by client country (the first 50 countries seen, then other; unknown)."
+    );
+    describe_gauge!(REQUESTS_ACTIVE, "Requests being served, by listener.");
+}
+
+/// Status classes in label order.
+pub(crate) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index of a status in `CLASSES`.
+pub(crate) fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+/// Handles for one route and one serving region ("none" when no backend answered).
+#[derive(Debug, Clone)]
+pub struct RouteRegionMetrics {
+    pub requests: [Counter; 5],
+    pub duration: Histogram,
+}
+
+impl RouteRegionMetrics {
+    pub fn new(route: &SharedString, region: &SharedString) -> Self {
+        let requests = CLASSES.map(|c| {
+            counter!(REQUESTS_TOTAL, "route" => route.clone(), "region" => region.clone(), "class" => c)
+        });
+        let duration =
+            histogram!(REQUEST_DURATION, "route" => route.clone(), "region" => region.clone());
+        RouteRegionMetrics { requests, duration }
+    }
+}
+
+/// Geo lookup counters by result.
+#[derive(Debug, Clone)]
+pub struct GeoMetrics {
+    pub city: Counter,
+    pub country: Counter,
+    pub unknown: Counter,
+}
+
+impl GeoMetrics {
+    pub fn new() -> Self {
+        GeoMetrics {
+            city: counter!(GEO_LOOKUPS_TOTAL, "result" => "city"),
+            country: counter!(GEO_LOOKUPS_TOTAL, "result" => "country"),
+            unknown: counter!(GEO_LOOKUPS_TOTAL, "result" => "unknown"),
+        }
+    }
+}
+
+impl Default for GeoMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-country request counters with bounded cardinality.
+pub struct CountryCounters {
+    slots: Vec<OnceLock<Option<Counter>>>,
+    labelled: std::sync::atomic::AtomicUsize,
+    other: Counter,
+    unknown: Counter,
+}
+
+impl CountryCounters {
+    pub fn new() -> Self {
+        CountryCounters {
+            slots: (0..crate::geo::centroids::CENTROIDS.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+            labelled: std::sync::atomic::AtomicUsize::new(0),
+            other: counter!(GEO_COUNTRY_REQUESTS_TOTAL, "country" => "other"),
+            unknown: counter!(GEO_COUNTRY_REQUESTS_TOTAL, "country" => "unknown"),
+        }
+    }
+
+    /// Count one request from `country` (a code from the centroid table) or unknown.
+    pub fn record(&self, country: Option<&'static str>) {
+        let Some(code) = country else {
+            return self.unknown.increment(1);
+        };
+        let Some(i) = crate::geo::centroids::index_of(code.as_bytes()) else {
+            return self.other.increment(1);
+        };
+        let c = self.slots[i].get_or_init(|| {
+            let n = self
+                .labelled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (n < TOP_COUNTRIES).then(|| counter!(GEO_COUNTRY_REQUESTS_TOTAL, "country" => code))
+        });
+        match c {
+            Some(c) => c.increment(1),
+            None => self.other.increment(1),
+        }
+    }
+}
+
+impl Default for CountryCounters {
+    fn default() -> Self {
+        Self::new()
+    }
+}

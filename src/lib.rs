@@ -23,7 +23,7 @@
 //! [`explain`], and the decision path's pure building blocks ([`route`], [`geo`],
 //! [`health`], [`headers`]) for benchmarks. Everything else is crate-private.
 #![forbid(unsafe_code)]
-#![warn(unreachable_pub, missing_docs)]
+#![warn(unreachable_pub, missing_docs, clippy::too_many_lines)]
 
 pub(crate) mod control;
 pub mod geo;

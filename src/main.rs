@@ -1,7 +1,10 @@
 //! The `geolb` command: run, check, demo, explain.
+#![warn(clippy::too_many_lines)]
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+
+#![warn(clippy::too_many_lines)]
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::proxy::body::RespBody;
+use crate::upstream::failure::{FailureKind, UpstreamFailure};
 
 /// A request-level failure. `status()` is the single error→status mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +82,20 @@ impl ProxyError {
     /// The response geolb sends for this error.
     pub(crate) fn response(self) -> Response<RespBody> {
         error_response(self.status(), self.code())
+    }
+}
+
+impl From<UpstreamFailure> for ProxyError {
+    fn from(f: UpstreamFailure) -> ProxyError {
+        match f.kind {
+            FailureKind::Connect => ProxyError::UpstreamConnect,
+            FailureKind::ConnectTimeout => ProxyError::UpstreamConnectTimeout,
+            FailureKind::ResponseTimeout => ProxyError::UpstreamTimeout,
+            FailureKind::Reset => ProxyError::UpstreamReset,
+            FailureKind::BodyTooLarge => ProxyError::BodyTooLarge,
+            FailureKind::BodyTimeout => ProxyError::ClientBodyTimeout,
+            FailureKind::ClientBody => ProxyError::ClientBody,
+        }
     }
 }
 

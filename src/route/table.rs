@@ -17,6 +17,7 @@ use crate::observe::access_log::AccessLogSettings;
 use crate::route::client_ip::{IpHeader, TrustedNets};
 use crate::tls::CertSpec;
 use crate::upstream::UpstreamClient;
+use crate::upstream::failure::{FailureKind, UpstreamFailure};
 
 /// What the plain-HTTP listener does with a request.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -155,6 +156,22 @@ pub struct RetryPolicy {
     pub min_retries: u32,
     /// Request bodies up to this size are buffered so they can be replayed.
     pub buffer_bytes: u64,
+}
+
+impl RetryPolicy {
+    /// May a request that failed with `f` be sent to another backend? Never when the client's
+    /// body failed or can no longer be replayed; a failure before sending is always safe to
+    /// retry, one after sending only for idempotent requests.
+    pub(crate) fn allows(&self, f: UpstreamFailure, idempotent: bool, replayable: bool) -> bool {
+        if f.client_body() || !replayable {
+            return false;
+        }
+        match f.kind {
+            _ if f.before_sending() => self.on_connect,
+            FailureKind::ResponseTimeout => self.on_timeout && idempotent,
+            _ => self.on_reset && idempotent,
+        }
+    }
 }
 
 /// Active health-check specification.

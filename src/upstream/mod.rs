@@ -2,7 +2,6 @@
 //! SNI and client certificates) and classification of their errors.
 
 use std::collections::HashMap;
-use std::error::Error as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -14,11 +13,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
 
-use crate::proxy::error::ProxyError;
 use crate::tls::{load_certs, load_key};
-use body::{AlreadyClaimed, BodyTimeout, OverLimit, ReqBody};
+use body::ReqBody;
 
 pub(crate) mod body;
+pub(crate) mod failure;
 
 /// A pooled client; cheap to clone (shares the pool).
 pub(crate) type UpstreamClient = Client<ConnectTimeout, ReqBody>;
@@ -168,55 +167,4 @@ fn build_client(key: &PoolKey) -> Result<UpstreamClient, String> {
         .http2_keep_alive_timeout(Duration::from_secs(10))
         .http2_adaptive_window(true);
     Ok(cb.build(connector))
-}
-
-/// Did the request body (the client's side) cause this error rather than the backend?
-pub(crate) fn body_side(err: &hyper_util::client::legacy::Error) -> bool {
-    let mut src = err.source();
-    while let Some(e) = src {
-        if e.is::<OverLimit>() || e.is::<BodyTimeout>() || e.is::<AlreadyClaimed>() {
-            return true;
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_user() {
-                return true;
-            }
-        }
-        src = e.source();
-    }
-    false
-}
-
-/// Map an upstream client error to the request-level error.
-pub(crate) fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut src = err.source();
-    let mut timed_out = false;
-    while let Some(e) = src {
-        if e.is::<OverLimit>() {
-            return ProxyError::BodyTooLarge;
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                timed_out = true;
-            }
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_user() || h.is_body_write_aborted() {
-                // The client's own body failed mid-stream.
-                if h.source().is_some_and(|s| s.is::<OverLimit>()) {
-                    return ProxyError::BodyTooLarge;
-                }
-            }
-        }
-        src = e.source();
-    }
-    if err.is_connect() {
-        if timed_out {
-            ProxyError::UpstreamConnectTimeout
-        } else {
-            ProxyError::UpstreamConnect
-        }
-    } else {
-        ProxyError::UpstreamReset
-    }
 }

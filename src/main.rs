@@ -4,8 +4,6 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-#![warn(clippy::too_many_lines)]
-
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 

@@ -16,8 +16,6 @@ pub(crate) const INIT_BUFFER_SIZE: usize = 8192;
 
 /// The minimum value that can be set to max buffer size.
 pub(crate) const MINIMUM_MAX_BUFFER_SIZE: usize = INIT_BUFFER_SIZE;
-/// geolb patch: initial capacity of a response/request head buffer (grows if needed).
-const HEADERS_BUF_SIZE: usize = 1024;
 
 /// The default maximum read buffer size. If the buffer gets this big and
 /// a message is still not complete, a `TooLarge` error is triggered.
@@ -140,14 +138,6 @@ where
 
     pub(crate) fn headers_buf(&mut self) -> &mut Vec<u8> {
         let buf = self.write_buf.headers_mut();
-        // geolb patch: the buffer is released while the connection idles; take a
-        // right-sized one back for the next head.
-        if buf.bytes.capacity() == 0 {
-            match super::bufpool::take_head() {
-                Some(pooled) => buf.bytes = pooled,
-                None => buf.bytes.reserve(HEADERS_BUF_SIZE),
-            }
-        }
         &mut buf.bytes
     }
 
@@ -240,11 +230,6 @@ where
 
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.read_blocked = false;
-        if self.read_buf.capacity() == 0 {
-            if let Some(pooled) = super::bufpool::take_read() {
-                self.read_buf = pooled;
-            }
-        }
         // Get the next amount to allocate, but make sure we don't go over
         // the max read buf size configured.
         let next = cmp::min(
@@ -276,25 +261,9 @@ where
             }
             Poll::Pending => {
                 self.read_blocked = true;
-                self.release_idle_buffers();
                 Poll::Pending
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        }
-    }
-
-    /// geolb patch: a connection waiting for bytes with nothing buffered holds no buffer
-    /// memory (an idle keep-alive connection would otherwise keep 16 KiB or more).
-    fn release_idle_buffers(&mut self) {
-        if self.read_buf.is_empty() && self.read_buf.capacity() != 0 {
-            super::bufpool::give_read(std::mem::take(&mut self.read_buf));
-        }
-        if self.write_buf.remaining() == 0 {
-            if self.write_buf.headers.bytes.capacity() != 0 {
-                super::bufpool::give_head(std::mem::take(&mut self.write_buf.headers.bytes));
-                self.write_buf.headers.pos = 0;
-            }
-            self.write_buf.queue = BufList::new();
         }
     }
 
@@ -566,7 +535,7 @@ pub(super) struct WriteBuf<B> {
 impl<B: Buf> WriteBuf<B> {
     fn new(strategy: WriteStrategy) -> WriteBuf<B> {
         WriteBuf {
-            headers: Cursor::new(Vec::new()),
+            headers: Cursor::new(Vec::with_capacity(INIT_BUFFER_SIZE)),
             max_buf_size: DEFAULT_MAX_BUFFER_SIZE,
             queue: BufList::new(),
             strategy,
@@ -933,7 +902,7 @@ mod tests {
 
         assert_eq!(write_buf.chunk(), b", ");
         assert_eq!(write_buf.headers.pos, 11);
-        assert_eq!(write_buf.headers.bytes.capacity(), 0); // geolb patch: allocated on first use
+        assert_eq!(write_buf.headers.bytes.capacity(), INIT_BUFFER_SIZE);
 
         // there's still room in the headers buffer, so just push on the end
         write_buf.buffer(b("it's hyper!"));

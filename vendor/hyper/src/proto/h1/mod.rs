@@ -12,7 +12,6 @@ pub(crate) use self::encode::{EncodedBuf, Encoder};
 //TODO: move out of h1::io
 pub(crate) use self::io::MINIMUM_MAX_BUFFER_SIZE;
 
-mod bufpool;
 mod conn;
 mod decode;
 pub(crate) mod dispatch;

@@ -260,11 +260,7 @@ impl Http1Transaction for Server {
             None
         };
 
-        let mut headers = ctx
-            .cached_headers
-            .take()
-            .or_else(super::bufpool::take_map)
-            .unwrap_or_default();
+        let mut headers = ctx.cached_headers.take().unwrap_or_default();
         let mut saw_connection_close = false;
 
         headers.reserve(headers_len);
@@ -1116,11 +1112,7 @@ impl Http1Transaction for Client {
 
             let slice = slice.freeze();
 
-            let mut headers = ctx
-            .cached_headers
-            .take()
-            .or_else(super::bufpool::take_map)
-            .unwrap_or_default();
+            let mut headers = ctx.cached_headers.take().unwrap_or_default();
 
             let mut keep_alive = version == Version::HTTP_11;
             let mut saw_connection_close = false;

@@ -16,6 +16,8 @@ pub(crate) const INIT_BUFFER_SIZE: usize = 8192;
 
 /// The minimum value that can be set to max buffer size.
 pub(crate) const MINIMUM_MAX_BUFFER_SIZE: usize = INIT_BUFFER_SIZE;
+/// geolb patch: initial capacity of a response/request head buffer (grows if needed).
+const HEADERS_BUF_SIZE: usize = 1024;
 
 /// The default maximum read buffer size. If the buffer gets this big and
 /// a message is still not complete, a `TooLarge` error is triggered.
@@ -138,6 +140,14 @@ where
 
     pub(crate) fn headers_buf(&mut self) -> &mut Vec<u8> {
         let buf = self.write_buf.headers_mut();
+        // geolb patch: the buffer is released while the connection idles; take a
+        // right-sized one back for the next head.
+        if buf.bytes.capacity() == 0 {
+            match super::bufpool::take_head() {
+                Some(pooled) => buf.bytes = pooled,
+                None => buf.bytes.reserve(HEADERS_BUF_SIZE),
+            }
+        }
         &mut buf.bytes
     }
 
@@ -230,6 +240,13 @@ where
 
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.read_blocked = false;
+        // geolb patch: the read buffer was released while the connection idled; take a
+        // pooled one if there is one (otherwise `reserve` below allocates).
+        if self.read_buf.capacity() == 0 {
+            if let Some(pooled) = super::bufpool::take_read() {
+                self.read_buf = pooled;
+            }
+        }
         // Get the next amount to allocate, but make sure we don't go over
         // the max read buf size configured.
         let next = cmp::min(
@@ -261,9 +278,27 @@ where
             }
             Poll::Pending => {
                 self.read_blocked = true;
+                // geolb patch: waiting for bytes; give back what an idle connection
+                // does not need.
+                self.release_idle_buffers();
                 Poll::Pending
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// geolb patch: a connection waiting for bytes with nothing buffered holds no buffer
+    /// memory (an idle keep-alive connection would otherwise keep 16 KiB or more).
+    fn release_idle_buffers(&mut self) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() != 0 {
+            super::bufpool::give_read(std::mem::take(&mut self.read_buf));
+        }
+        if self.write_buf.remaining() == 0 {
+            if self.write_buf.headers.bytes.capacity() != 0 {
+                super::bufpool::give_head(std::mem::take(&mut self.write_buf.headers.bytes));
+                self.write_buf.headers.pos = 0;
+            }
+            self.write_buf.queue = BufList::new();
         }
     }
 
@@ -535,7 +570,8 @@ pub(super) struct WriteBuf<B> {
 impl<B: Buf> WriteBuf<B> {
     fn new(strategy: WriteStrategy) -> WriteBuf<B> {
         WriteBuf {
-            headers: Cursor::new(Vec::with_capacity(INIT_BUFFER_SIZE)),
+            // geolb patch: allocated on first use (`Buffered::headers_buf`), not up front.
+            headers: Cursor::new(Vec::new()),
             max_buf_size: DEFAULT_MAX_BUFFER_SIZE,
             queue: BufList::new(),
             strategy,
@@ -892,6 +928,12 @@ mod tests {
 
         let mut write_buf = WriteBuf::<Cursor<Vec<u8>>>::new(WriteStrategy::Flatten);
 
+        // geolb patch: the head buffer is allocated on first use, where
+        // `Buffered::headers_buf` reserves HEADERS_BUF_SIZE; do the same here so that the
+        // rest of the test exercises what it did upstream.
+        assert_eq!(write_buf.headers.bytes.capacity(), 0);
+        write_buf.headers.bytes.reserve(HEADERS_BUF_SIZE);
+
         write_buf.buffer(b("hello "));
         write_buf.buffer(b("world, "));
 
@@ -902,7 +944,7 @@ mod tests {
 
         assert_eq!(write_buf.chunk(), b", ");
         assert_eq!(write_buf.headers.pos, 11);
-        assert_eq!(write_buf.headers.bytes.capacity(), INIT_BUFFER_SIZE);
+        assert_eq!(write_buf.headers.bytes.capacity(), HEADERS_BUF_SIZE); // geolb patch
 
         // there's still room in the headers buffer, so just push on the end
         write_buf.buffer(b("it's hyper!"));

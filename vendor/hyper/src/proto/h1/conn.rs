@@ -258,6 +258,13 @@ where
             Poll::Ready(Ok(msg)) => msg,
             Poll::Ready(Err(e)) => return self.on_read_head_error(e),
             Poll::Pending => {
+                // geolb patch: nothing of the next message has arrived; an idle connection
+                // does not keep the previous message's header map.
+                if self.io.read_buf().is_empty() {
+                    if let Some(map) = self.state.cached_headers.take() {
+                        super::bufpool::give_map(map);
+                    }
+                }
                 #[cfg(feature = "server")]
                 if self.state.h1_header_read_timeout_running {
                     if let Some(h1_header_read_timeout_fut) =

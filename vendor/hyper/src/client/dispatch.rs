@@ -110,6 +110,7 @@ impl<T, U> Sender<T, U> {
         }
         let (tx, rx) = oneshot::channel();
         self.inner
+            // geolb patch: boxed envelope (see `Envelope`).
             .send(Envelope(Some(Box::new((val, Callback::Retry(Some(tx)))))))
             .map(move |()| rx)
             .map_err(|mut e| (e.0).0.take().expect("envelope not dropped").0)
@@ -122,6 +123,7 @@ impl<T, U> Sender<T, U> {
         }
         let (tx, rx) = oneshot::channel();
         self.inner
+            // geolb patch: boxed envelope (see `Envelope`).
             .send(Envelope(Some(Box::new((val, Callback::NoRetry(Some(tx)))))))
             .map(move |()| rx)
             .map_err(|mut e| (e.0).0.take().expect("envelope not dropped").0)
@@ -149,6 +151,7 @@ impl<T, U> UnboundedSender<T, U> {
     pub(crate) fn try_send(&mut self, val: T) -> Result<RetryPromise<T, U>, T> {
         let (tx, rx) = oneshot::channel();
         self.inner
+            // geolb patch: boxed envelope (see `Envelope`).
             .send(Envelope(Some(Box::new((val, Callback::Retry(Some(tx)))))))
             .map(move |()| rx)
             .map_err(|mut e| (e.0).0.take().expect("envelope not dropped").0)
@@ -157,6 +160,7 @@ impl<T, U> UnboundedSender<T, U> {
     pub(crate) fn send(&mut self, val: T) -> Result<Promise<U>, T> {
         let (tx, rx) = oneshot::channel();
         self.inner
+            // geolb patch: boxed envelope (see `Envelope`).
             .send(Envelope(Some(Box::new((val, Callback::NoRetry(Some(tx)))))))
             .map(move |()| rx)
             .map_err(|mut e| (e.0).0.take().expect("envelope not dropped").0)
@@ -188,6 +192,7 @@ impl<T, U> Receiver<T, U> {
                 // Withdraw it, or the Sender reports this connection as ready
                 // while it is still serving this message.
                 self.taker.unwant();
+                // geolb patch: unbox the envelope's contents.
                 Poll::Ready(item.map(|mut env| *env.0.take().expect("envelope not dropped")))
             }
             Poll::Pending => {
@@ -206,6 +211,7 @@ impl<T, U> Receiver<T, U> {
     #[cfg(feature = "http1")]
     pub(crate) fn try_recv(&mut self) -> Option<(T, Callback<T, U>)> {
         match crate::common::task::now_or_never(self.inner.recv()) {
+            // geolb patch: unbox the envelope's contents.
             Some(Some(mut env)) => env.0.take().map(|b| *b),
             _ => None,
         }
@@ -226,6 +232,7 @@ struct Envelope<T, U>(Option<Box<(T, Callback<T, U>)>>);
 
 impl<T, U> Drop for Envelope<T, U> {
     fn drop(&mut self) {
+        // geolb patch: unbox the envelope's contents.
         if let Some(b) = self.0.take() {
             let (val, cb) = *b;
             cb.send(Err(TrySendError {

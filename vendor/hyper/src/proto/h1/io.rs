@@ -240,6 +240,8 @@ where
 
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         self.read_blocked = false;
+        // geolb patch: the read buffer was released while the connection idled; take a
+        // pooled one if there is one (otherwise `reserve` below allocates).
         if self.read_buf.capacity() == 0 {
             if let Some(pooled) = super::bufpool::take_read() {
                 self.read_buf = pooled;
@@ -276,6 +278,8 @@ where
             }
             Poll::Pending => {
                 self.read_blocked = true;
+                // geolb patch: waiting for bytes; give back what an idle connection
+                // does not need.
                 self.release_idle_buffers();
                 Poll::Pending
             }
@@ -566,6 +570,7 @@ pub(super) struct WriteBuf<B> {
 impl<B: Buf> WriteBuf<B> {
     fn new(strategy: WriteStrategy) -> WriteBuf<B> {
         WriteBuf {
+            // geolb patch: allocated on first use (`Buffered::headers_buf`), not up front.
             headers: Cursor::new(Vec::new()),
             max_buf_size: DEFAULT_MAX_BUFFER_SIZE,
             queue: BufList::new(),
@@ -923,6 +928,12 @@ mod tests {
 
         let mut write_buf = WriteBuf::<Cursor<Vec<u8>>>::new(WriteStrategy::Flatten);
 
+        // geolb patch: the head buffer is allocated on first use, where
+        // `Buffered::headers_buf` reserves HEADERS_BUF_SIZE; do the same here so that the
+        // rest of the test exercises what it did upstream.
+        assert_eq!(write_buf.headers.bytes.capacity(), 0);
+        write_buf.headers.bytes.reserve(HEADERS_BUF_SIZE);
+
         write_buf.buffer(b("hello "));
         write_buf.buffer(b("world, "));
 
@@ -933,7 +944,7 @@ mod tests {
 
         assert_eq!(write_buf.chunk(), b", ");
         assert_eq!(write_buf.headers.pos, 11);
-        assert_eq!(write_buf.headers.bytes.capacity(), 0); // geolb patch: allocated on first use
+        assert_eq!(write_buf.headers.bytes.capacity(), HEADERS_BUF_SIZE); // geolb patch
 
         // there's still room in the headers buffer, so just push on the end
         write_buf.buffer(b("it's hyper!"));

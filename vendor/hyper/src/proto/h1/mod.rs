@@ -12,6 +12,7 @@ pub(crate) use self::encode::{EncodedBuf, Encoder};
 //TODO: move out of h1::io
 pub(crate) use self::io::MINIMUM_MAX_BUFFER_SIZE;
 
+// geolb patch: per-thread pools of connection buffers (bufpool.rs).
 mod bufpool;
 mod conn;
 mod decode;

@@ -260,6 +260,8 @@ impl Http1Transaction for Server {
             None
         };
 
+        // geolb patch: a connection that released its header map while idle takes a pooled
+        // one rather than allocating a new map.
         let mut headers = ctx
             .cached_headers
             .take()
@@ -1116,11 +1118,13 @@ impl Http1Transaction for Client {
 
             let slice = slice.freeze();
 
+            // geolb patch: as in Server::parse, take a pooled header map if the connection
+            // released its own while idle.
             let mut headers = ctx
-            .cached_headers
-            .take()
-            .or_else(super::bufpool::take_map)
-            .unwrap_or_default();
+                .cached_headers
+                .take()
+                .or_else(super::bufpool::take_map)
+                .unwrap_or_default();
 
             let mut keep_alive = version == Version::HTTP_11;
             let mut saw_connection_close = false;

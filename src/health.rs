@@ -14,8 +14,11 @@ use crate::time::now_ms;
 pub struct PassivePolicy {
     /// Consecutive failures that eject; 0 disables passive detection.
     pub consecutive_failures: u32,
+    /// A 5xx answer counts as a failure.
     pub on_5xx: bool,
+    /// First ejection lasts this long (ms); each repeat doubles it.
     pub base_ejection_ms: u64,
+    /// Longest ejection (ms).
     pub max_ejection_ms: u64,
     /// At most this share (percent) of a region's backends ejected at once.
     pub max_ejection_percent: u32,
@@ -42,6 +45,7 @@ pub struct BackendHealth {
 }
 
 impl BackendHealth {
+    /// A backend that starts healthy or not.
     pub fn new(initially_up: bool) -> Self {
         BackendHealth {
             up: AtomicBool::new(initially_up),
@@ -61,6 +65,7 @@ impl BackendHealth {
         self.up.load(Relaxed)
     }
 
+    /// Passively ejected at `now` (ms from `time::now_ms`).
     pub fn is_ejected(&self, now: u64) -> bool {
         self.ejected_until_ms.load(Relaxed) > now
     }
@@ -75,6 +80,7 @@ impl BackendHealth {
         self.up_since_ms.load(Relaxed)
     }
 
+    /// Ejections so far (drives the growing ejection time).
     pub fn ejections(&self) -> u32 {
         self.ejections.load(Relaxed)
     }

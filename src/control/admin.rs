@@ -20,6 +20,7 @@ use crate::observe::metrics::{
     BACKEND_EJECTED, BACKEND_INFLIGHT, BACKEND_UP, REGION_HEALTH, REGION_STATE,
     REGION_TRAFFIC_SHARE,
 };
+use crate::route::Snapshot;
 use crate::time::now_ms;
 use crate::time::unix_now;
 
@@ -108,105 +109,119 @@ fn percent_decode(s: &str) -> String {
 async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminResp {
     let path = req.uri().path();
     let snap = shared.edge.snapshot.load_full();
-    if path != "/healthz" {
-        if let Some(token) = &snap.settings.admin_token {
-            let ok = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|t| constant_eq(t.as_bytes(), token.as_bytes()));
-            if !ok {
-                let mut r = text(
-                    StatusCode::UNAUTHORIZED,
-                    "text/plain",
-                    "401 Unauthorized (geolb admin)\n",
-                );
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return r;
-            }
-        }
+    if path != "/healthz" && !authorized(&req, &snap) {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "401 Unauthorized (geolb admin)\n",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
     }
     match (req.method(), path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::GET, "/readyz") => {
-            let now = now_ms();
-            let ready = snap.table.services.iter().any(|svc| {
-                (0..svc.regions.len())
-                    .any(|sr| crate::route::select::region_health(svc, sr, now) > 0.0)
-            });
-            if ready {
-                text(StatusCode::OK, "text/plain", "ready\n")
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "not ready: no region can serve\n",
-                )
-            }
-        }
+        (&Method::GET, "/readyz") => readyz(&snap),
         (&Method::GET, "/metrics") => {
             update_gauges(&snap);
             let handle = crate::observe::metrics::handle();
             handle.run_upkeep();
             text(StatusCode::OK, "text/plain; version=0.0.4", handle.render())
         }
-        (&Method::GET, "/status") => {
-            let mut v = explain::status(&snap);
-            let reload = shared
-                .reload_status
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            v["reload"] = json!(reload);
-            v["events"] = json!(shared.edge.events.recent());
-            v["time"] = json!(unix_now());
-            let wants_html = req
-                .headers()
-                .get(header::ACCEPT)
-                .and_then(|a| a.to_str().ok())
-                .is_some_and(|a| a.contains("text/html"));
-            if wants_html {
-                text(
-                    StatusCode::OK,
-                    "text/html; charset=utf-8",
-                    crate::control::status_page::render(&v),
-                )
-            } else {
-                json_resp(StatusCode::OK, &v)
-            }
-        }
+        (&Method::GET, "/status") => status(&req, shared, &snap),
         (&Method::GET, "/config") => json_resp(
             StatusCode::OK,
             &json!(crate::control::config::diff::ConfigView::of(&snap.table)),
         ),
-        (&Method::GET, "/explain") => {
-            let q = req.uri().query().unwrap_or("");
-            let Some(ip) = query(q, "ip").and_then(|s| s.parse::<IpAddr>().ok()) else {
-                return json_resp(
-                    StatusCode::BAD_REQUEST,
-                    &json!({"error": "missing or invalid ?ip="}),
-                );
-            };
-            let host = query(q, "host").unwrap_or_default();
-            let path = query(q, "path").unwrap_or_else(|| "/".into());
-            json_resp(StatusCode::OK, &explain::explain(&snap, ip, &host, &path))
-        }
-        (&Method::POST, "/reload") => match shared.reload().await {
-            Ok(summary) => json_resp(
-                StatusCode::OK,
-                &json!({"result": "ok", "summary": summary, "generation": shared.edge.snapshot.load().generation}),
-            ),
-            Err(e) => json_resp(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &json!({"result": "error", "errors": e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>()}),
-            ),
-        },
+        (&Method::GET, "/explain") => explain_query(req.uri().query().unwrap_or(""), &snap),
+        (&Method::POST, "/reload") => reload(shared).await,
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
             "404 Not Found (geolb admin: /metrics /healthz /readyz /status /explain /config POST /reload)\n",
+        ),
+    }
+}
+
+/// No token configured, or the request carries it as a bearer token.
+fn authorized(req: &Request<Incoming>, snap: &Snapshot) -> bool {
+    let Some(token) = &snap.settings.admin_token else {
+        return true;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_eq(t.as_bytes(), token.as_bytes()))
+}
+
+/// Ready when some region of some service can serve.
+fn readyz(snap: &Snapshot) -> AdminResp {
+    let now = now_ms();
+    let ready = snap.table.services.iter().any(|svc| {
+        (0..svc.regions.len()).any(|sr| crate::route::select::region_health(svc, sr, now) > 0.0)
+    });
+    if ready {
+        text(StatusCode::OK, "text/plain", "ready\n")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: no region can serve\n",
+        )
+    }
+}
+
+/// Live state as JSON, or as the HTML page when the client asks for it.
+fn status(req: &Request<Incoming>, shared: &Shared, snap: &Snapshot) -> AdminResp {
+    let mut v = explain::status(snap);
+    let reload = shared
+        .reload_status
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    v["reload"] = json!(reload);
+    v["events"] = json!(shared.edge.events.recent());
+    v["time"] = json!(unix_now());
+    let wants_html = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if wants_html {
+        text(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::control::status_page::render(&v),
+        )
+    } else {
+        json_resp(StatusCode::OK, &v)
+    }
+}
+
+/// `/explain?ip=…&host=…&path=…`.
+fn explain_query(q: &str, snap: &Snapshot) -> AdminResp {
+    let Some(ip) = query(q, "ip").and_then(|s| s.parse::<IpAddr>().ok()) else {
+        return json_resp(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "missing or invalid ?ip="}),
+        );
+    };
+    let host = query(q, "host").unwrap_or_default();
+    let path = query(q, "path").unwrap_or_else(|| "/".into());
+    json_resp(StatusCode::OK, &explain::explain(snap, ip, &host, &path))
+}
+
+/// `POST /reload`: the same path as a file change or SIGHUP.
+async fn reload(shared: &Arc<Shared>) -> AdminResp {
+    match shared.reload().await {
+        Ok(summary) => json_resp(
+            StatusCode::OK,
+            &json!({"result": "ok", "summary": summary, "generation": shared.edge.snapshot.load().generation}),
+        ),
+        Err(e) => json_resp(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"result": "error", "errors": e.0.iter().map(|x| x.to_string()).collect::<Vec<_>>()}),
         ),
     }
 }
@@ -216,7 +231,7 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Refresh state gauges from the live snapshot just before rendering.
-fn update_gauges(snap: &crate::route::Snapshot) {
+fn update_gauges(snap: &Snapshot) {
     let now = now_ms();
     for svc in snap.table.services.iter() {
         let s = SharedString::from_shared(svc.name.clone());

@@ -30,10 +30,13 @@ use crate::upstream::UpstreamPool;
 /// Result of the last reload attempt, for `/status`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ReloadStatus {
+    /// `"ok"` or `"error"`; `None` before the first attempt.
     pub last_result: Option<&'static str>,
+    /// The full error text of the last rejected reload.
     pub last_error: Option<String>,
     /// Unix seconds.
     pub last_success: Option<f64>,
+    /// Unix seconds of the last attempt.
     pub last_attempt: Option<f64>,
 }
 
@@ -311,6 +314,7 @@ fn one_error(file: &Path, message: String) -> ConfigErrors {
 /// How to start geolb.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The configuration file (routes.toml).
     pub config: PathBuf,
     /// Watch the configuration directory and reload on change.
     pub watch: bool,
@@ -321,9 +325,13 @@ pub struct App;
 
 /// A started geolb: bound addresses and a shutdown handle.
 pub struct Running {
+    /// Bound address of the https listener, when configured.
     pub https: Option<SocketAddr>,
+    /// Bound address of the plain-HTTP listener, when configured.
     pub http: Option<SocketAddr>,
+    /// Bound address of the admin listener, when configured.
     pub admin: Option<SocketAddr>,
+    /// The process state (snapshot, health, pools, listeners).
     pub shared: Arc<Shared>,
 }
 
@@ -411,10 +419,13 @@ impl App {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
+    /// The configuration is invalid (every error, positioned).
     Config(ConfigErrors),
     #[error("{0}")]
+    /// A listener could not be bound.
     Bind(String),
     #[error("cannot watch the configuration: {0}")]
+    /// The configuration directory cannot be watched.
     Watch(String),
 }
 

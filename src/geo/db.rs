@@ -28,6 +28,7 @@ pub enum LocSource {
 }
 
 impl LocSource {
+    /// The precision as a word (`city`, `country`, `unknown`).
     pub fn as_str(self) -> &'static str {
         match self {
             LocSource::Record => "city",
@@ -39,10 +40,15 @@ impl LocSource {
 /// A located client. Coordinates in degrees; codes are uppercase ASCII.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Location {
+    /// Latitude, degrees.
     pub lat: f64,
+    /// Longitude, degrees.
     pub lon: f64,
+    /// ISO 3166-1 alpha-2 country code.
     pub country: Option<[u8; 2]>,
+    /// Two-letter continent code (EU, AS, NA, SA, AF, OC, AN).
     pub continent: Option<[u8; 2]>,
+    /// How precise the location is.
     pub source: LocSource,
 }
 
@@ -59,21 +65,33 @@ impl Location {
 pub struct GeoInfo {
     /// File path, or "embedded".
     pub source: String,
+    /// The database type string from its metadata (e.g. `GeoLite2-City`).
     pub database_type: String,
     /// Unix seconds.
     pub build_epoch: u64,
+    /// Search-tree nodes (a size indicator).
     pub node_count: u32,
 }
 
+/// Why a geo database could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum GeoError {
     #[error("cannot read geo database {path}: {source}")]
+    /// The file could not be read.
     Io {
+        /// The file.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
     #[error("invalid geo database {path}: {reason}")]
-    Invalid { path: String, reason: String },
+    /// The file is not a usable MaxMind database.
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 enum Source {
@@ -195,6 +213,7 @@ impl GeoDb {
         })
     }
 
+    /// What this database is.
     pub fn info(&self) -> &GeoInfo {
         &self.info
     }

@@ -13,13 +13,16 @@ use crate::tls::CertSet;
 /// Which public listener a socket belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerKind {
+    /// The TLS listener.
     Https,
     /// Plain HTTP; serves or redirects per the live `listeners.http.mode`.
     Http,
+    /// The admin listener.
     Admin,
 }
 
 impl ListenerKind {
+    /// The listener's name in metrics and logs.
     pub fn label(self) -> &'static str {
         match self {
             ListenerKind::Https => "https",

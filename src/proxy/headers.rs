@@ -7,10 +7,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Geolb-Region`: the region that served (to the backend, and optionally to the client).
 pub static X_GEOLB_REGION: HeaderName = HeaderName::from_static("x-geolb-region");
+/// `X-Geolb-Client-Country`: the client country geolb located (to the backend).
 pub static X_GEOLB_COUNTRY: HeaderName = HeaderName::from_static("x-geolb-client-country");
 
 /// Remove hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,

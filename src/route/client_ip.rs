@@ -14,10 +14,12 @@ pub struct TrustedNets {
 }
 
 impl TrustedNets {
+    /// The trusted networks.
     pub fn new(nets: Vec<IpNet>) -> Self {
         TrustedNets { nets }
     }
 
+    /// No network is trusted.
     pub fn is_empty(&self) -> bool {
         self.nets.is_empty()
     }

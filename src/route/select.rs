@@ -22,6 +22,7 @@ pub enum OrderRule {
 }
 
 impl OrderRule {
+    /// The rule as operators write it (`distance`, `override[N]`, `default_order`).
     pub fn describe(self) -> String {
         match self {
             OrderRule::Distance => "distance".into(),
@@ -34,17 +35,21 @@ impl OrderRule {
 /// Candidate regions (indices into `Service::regions`), most preferred first.
 #[derive(Debug, Clone, Copy)]
 pub struct RegionOrder {
+    /// Indices into `Service::regions`, in order; only the first `len` are meaningful.
     pub idx: [usize; MAX_REGIONS],
     /// Great-circle km from the client (NaN when unknown), per position.
     pub dist_km: [f64; MAX_REGIONS],
     /// Preference key per position (biased km, or the position for fixed orders); positions
     /// with equal keys form one tier that shares traffic by healthy weight.
     pub key: [f64; MAX_REGIONS],
+    /// Number of regions in the order.
     pub len: usize,
+    /// Why the regions are in this order.
     pub rule: OrderRule,
 }
 
 impl RegionOrder {
+    /// The ordered service-region indices.
     pub fn as_slice(&self) -> &[usize] {
         &self.idx[..self.len]
     }

@@ -34,9 +34,12 @@ pub enum HttpMode {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
+    /// Weighted round robin.
     RoundRobin,
     #[default]
+    /// Power of two choices by requests in flight.
     LeastRequest,
+    /// Consistent hash (see `hash_key`).
     Hash,
 }
 
@@ -47,9 +50,11 @@ pub use crate::observe::access_log::MAX_ATTEMPTS;
 /// A region: a named place with coordinates.
 #[derive(Debug)]
 pub struct Region {
+    /// Name (identity and metric label).
     pub name: Arc<str>,
     /// Degrees.
     pub lat: f64,
+    /// Longitude, degrees.
     pub lon: f64,
     /// Route 53 bias in percent (-99..=99): distance is scaled by `1 - bias/100`.
     pub bias: i32,
@@ -81,13 +86,17 @@ impl Region {
 pub struct Backend {
     /// Identity and metric label: the address or URL as configured.
     pub name: Arc<str>,
+    /// `http` or `https`.
     pub scheme: Scheme,
+    /// `host:port` to connect to.
     pub authority: Authority,
     /// `authority` as a Host header value, built once.
     pub host_header: HeaderValue,
+    /// Relative weight inside its region (0 = drained).
     pub weight: u32,
     /// Index into `Service::regions`.
     pub region: usize,
+    /// Live health, shared by every snapshot that has this backend (survives reloads).
     pub health: Arc<BackendHealth>,
 }
 
@@ -98,9 +107,11 @@ pub struct ServiceRegion {
     pub region: usize,
     /// Indices into `Service::backends`.
     pub backends: Box<[usize]>,
+    /// Sum of the backends' weights.
     pub total_weight: u64,
     /// Weighted, interleaved round-robin schedule of indices into `Service::backends`.
     pub rr_table: Box<[usize]>,
+    /// Next position in `rr_table`.
     pub rr_next: AtomicUsize,
     /// Consistent-hash ring: (point, index into `Service::backends`), sorted by point.
     pub ring: Box<[(u64, usize)]>,
@@ -114,8 +125,11 @@ pub struct ServiceRegion {
 /// Where the hash for `lb = "hash"` comes from.
 #[derive(Debug, Clone)]
 pub enum HashKey {
+    /// The client address.
     ClientIp,
+    /// A request header (the client address when absent).
     Header(HeaderName),
+    /// A cookie (the client address when absent).
     Cookie(Box<str>),
 }
 
@@ -129,11 +143,13 @@ pub enum PanicMode {
 }
 
 #[derive(Debug, Clone, Copy)]
+/// When a region spills traffic to the next, panics, and takes recovered backends back.
 pub struct SpillPolicy {
     /// Envoy-style overprovisioning factor (≥ 1).
     pub overprovisioning: f64,
     /// Healthy fraction of the whole service under which it panics.
     pub panic_threshold: f64,
+    /// What happens when too little is healthy anywhere.
     pub panic: PanicMode,
     /// A recovered backend takes traffic only after this long healthy.
     pub failback_delay_ms: u64,
@@ -146,9 +162,13 @@ pub struct SpillPolicy {
 pub struct RetryPolicy {
     /// Total attempts including the first (1..=MAX_ATTEMPTS).
     pub attempts: usize,
+    /// Retry connect failures (nothing was sent).
     pub on_connect: bool,
+    /// Retry idempotent requests whose connection failed after sending.
     pub on_reset: bool,
+    /// Retry idempotent requests whose response headers timed out.
     pub on_timeout: bool,
+    /// Retry idempotent requests answered with these statuses.
     pub on_status: Box<[u16]>,
     /// Concurrent retries allowed as a fraction of active requests …
     pub budget: f64,
@@ -177,20 +197,32 @@ impl RetryPolicy {
 /// Active health-check specification.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckSpec {
+    /// What is probed.
     pub kind: CheckKind,
+    /// Time between probes while healthy.
     pub interval: Duration,
+    /// Time between probes while unhealthy.
     pub unhealthy_interval: Duration,
+    /// A probe without an answer for this long failed.
     pub timeout: Duration,
+    /// Consecutive successes that make a backend healthy.
     pub rise: u32,
+    /// Consecutive failures that make it unhealthy.
     pub fall: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// What an active check probes.
 pub enum CheckKind {
+    /// A TCP connect.
     Tcp,
+    /// An HTTP request; healthy when the status is in `expect`.
     Http {
+        /// Request method.
         method: http::Method,
+        /// The file.
         path: String,
+        /// Host header (the backend's address when unset).
         host: Option<String>,
         /// Inclusive status ranges counted healthy.
         expect: Vec<(u16, u16)>,
@@ -200,17 +232,27 @@ pub enum CheckKind {
 /// A service: the backends a route sends to, grouped by region.
 #[derive(Debug)]
 pub struct Service {
+    /// Name (identity and metric label).
     pub name: Arc<str>,
+    /// How a backend is picked inside a region.
     pub lb: LbPolicy,
+    /// Where the hash for `lb = "hash"` comes from.
     pub hash_key: HashKey,
+    /// Number of backends.
     pub backends: Box<[Backend]>,
+    /// Number of regions.
     pub regions: Box<[ServiceRegion]>,
+    /// Pooled upstream client.
     pub client: UpstreamClient,
     /// Identity of `client`'s pool (a different key means a different pool).
     pub pool_key: crate::upstream::PoolKey,
+    /// Passive ejection policy.
     pub passive: PassivePolicy,
+    /// Spillover, panic and fail-back policy.
     pub spill: SpillPolicy,
+    /// Retry policy.
     pub retry: RetryPolicy,
+    /// Active health check, if any.
     pub check: Option<CheckSpec>,
     /// Requests in flight (retry budget).
     pub active: AtomicU32,
@@ -223,14 +265,18 @@ pub struct Service {
 /// A country / continent / CIDR rule that fixes the region order.
 #[derive(Debug)]
 pub struct Override {
+    /// ISO country codes this override matches.
     pub countries: Box<[[u8; 2]]>,
+    /// Continent codes this override matches.
     pub continents: Box<[[u8; 2]]>,
+    /// Client networks this override matches.
     pub cidrs: Box<[IpNet]>,
     /// Indices into `Service::regions`, in preference order.
     pub order: Box<[usize]>,
 }
 
 impl Override {
+    /// Does the client (address, country, continent) match?
     pub fn matches(
         &self,
         ip: IpAddr,
@@ -248,9 +294,11 @@ impl Override {
 pub struct Route {
     /// Metric label and log name: `host-pattern + prefix`, e.g. `shop.example.com/api`.
     pub name: Arc<str>,
+    /// The service this route sends to.
     pub service: Arc<Service>,
     /// Region order (indices into `Service::regions`) when the client's location is unknown.
     pub default_order: Box<[usize]>,
+    /// Location rules that fix the region order, first match wins.
     pub overrides: Box<[Override]>,
     /// Per service region (same index), then one extra for "none" (answered by geolb).
     pub metrics: Box<[crate::observe::metrics::RouteRegionMetrics]>,
@@ -262,12 +310,17 @@ type PrefixList = Box<[(Box<str>, usize)]>;
 /// All routes. Host lookup is exact, then the longest `*.suffix`, then the catch-all.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
+    /// Exact host → path prefixes.
     pub exact: HashMap<Box<str>, PrefixList>,
     /// Keyed by the suffix with its leading dot, e.g. `.example.com`.
     pub wildcard: HashMap<Box<str>, PrefixList>,
+    /// Catch-all host (`*`) path prefixes.
     pub any: PrefixList,
+    /// Number of routes.
     pub routes: Box<[Route]>,
+    /// Number of regions.
     pub regions: Box<[Region]>,
+    /// Number of services.
     pub services: Box<[Arc<Service>]>,
 }
 
@@ -306,34 +359,57 @@ impl RoutingTable {
 /// Listener and per-request settings that are not routes.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Bound address of the https listener, when configured.
     pub https: Option<SocketAddr>,
+    /// Bound address of the plain-HTTP listener, when configured.
     pub http: Option<(SocketAddr, HttpMode)>,
+    /// Bound address of the admin listener, when configured.
     pub admin: Option<SocketAddr>,
+    /// Bearer token required by the admin listener (except `/healthz`).
     pub admin_token: Option<Arc<str>>,
+    /// Timeouts.
     pub timeouts: Timeouts,
+    /// Size and concurrency limits.
     pub limits: Limits,
+    /// Peers whose forwarding headers are trusted.
     pub trusted: TrustedNets,
+    /// Where a trusted peer puts the client address.
     pub ip_header: IpHeader,
+    /// Expect a PROXY protocol header from trusted peers.
     pub proxy_protocol: bool,
+    /// Access log settings.
     pub access_log: AccessLogSettings,
+    /// Tell clients the serving region (`X-Geolb-Region`).
     pub response_region: bool,
+    /// Send the client's Host to backends instead of the backend address.
     pub preserve_host: bool,
+    /// Certificates to load.
     pub certificates: Vec<CertSpec>,
+    /// The `.mmdb` file; the embedded country database when unset.
     pub geo_database: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// Every timeout, as configured.
 pub struct Timeouts {
+    /// Longest TLS handshake.
     pub tls_handshake: Duration,
+    /// Longest wait for a request head (and between keep-alive requests on HTTP/1.1).
     pub request_header: Duration,
+    /// A client connection with no request for this long is closed.
     pub keepalive_idle: Duration,
+    /// TCP connect + TLS handshake to a backend.
     pub upstream_connect: Duration,
+    /// Wait for response headers after the request body is sent.
     pub upstream_response_header: Duration,
+    /// Idle pooled upstream connections close after this.
     pub upstream_idle: Duration,
     /// From request start until the response headers arrive (covers buffering, retries and
     /// the upstream wait, not the streamed response body); `None` = unlimited.
     pub request: Option<Duration>,
+    /// On shutdown, in-flight requests get this long.
     pub shutdown_drain: Duration,
+    /// Longest wait for a PROXY protocol header.
     pub proxy_protocol: Duration,
     /// Longest pause while the client sends a request body (then 408).
     pub request_body: Duration,
@@ -345,15 +421,23 @@ pub struct Timeouts {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// Size and concurrency limits.
 pub struct Limits {
+    /// Largest request head.
     pub max_header_bytes: usize,
+    /// Most request header fields.
     pub max_headers: usize,
     /// `None` = unlimited.
     pub max_body_bytes: Option<u64>,
+    /// Most open client connections per listener.
     pub max_connections: usize,
+    /// h2 streams per connection.
     pub h2_max_concurrent_streams: u32,
+    /// h2 pending-accept resets before the connection is closed (rapid reset).
     pub h2_max_pending_resets: usize,
+    /// h2 locally reset streams before the connection is closed.
     pub h2_max_local_error_resets: usize,
+    /// Idle pooled connections kept per backend.
     pub max_idle_upstream_per_host: usize,
 }
 

@@ -20,12 +20,52 @@ pub struct CertSpec {
     pub default: bool,
 }
 
+/// A PEM file that could not be used, or a TLS configuration that could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
     #[error("tls: {0}")]
     Config(String),
+}
+
+/// Which file of a [`CertSpec`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertFile {
+    /// The certificate chain (`cert`).
+    Cert,
+    /// The private key (`key`), including a key that does not match its certificate.
+    Key,
+}
+
+impl CertFile {
+    /// The configuration key naming this file.
+    pub fn field(self) -> &'static str {
+        match self {
+            CertFile::Cert => "cert",
+            CertFile::Key => "key",
+        }
+    }
+}
+
+/// Why [`CertSet::load`] failed: which certificate (index into the specs) and which of its
+/// files, so the caller can point at the exact setting.
+#[derive(Debug, thiserror::Error)]
+pub enum CertLoadError {
+    /// `specs[index]`'s `file` could not be loaded.
+    #[error("{source}")]
+    Spec {
+        /// Index into the specs passed to `load`.
+        index: usize,
+        /// The file that failed.
+        file: CertFile,
+        /// What was wrong with it (names the path).
+        #[source]
+        source: TlsError,
+    },
+    /// No specs were given.
+    #[error("no certificates configured")]
+    Empty,
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> TlsError {
@@ -64,8 +104,8 @@ pub struct CertSet {
 }
 
 impl CertSet {
-    /// Load every certificate; errors name the file.
-    pub fn load(specs: &[CertSpec]) -> Result<CertSet, TlsError> {
+    /// Load every certificate; an error names the spec and file that failed.
+    pub fn load(specs: &[CertSpec]) -> Result<CertSet, CertLoadError> {
         let provider = rustls::crypto::aws_lc_rs::default_provider();
         let mut set = CertSet {
             keys: Vec::new(),
@@ -75,18 +115,25 @@ impl CertSet {
             default: specs.iter().position(|s| s.default).unwrap_or(0),
         };
         for (i, spec) in specs.iter().enumerate() {
-            let chain = load_certs(&spec.cert)?;
-            let key = load_key(&spec.key)?;
+            let at = |file| {
+                move |source| CertLoadError::Spec {
+                    index: i,
+                    file,
+                    source,
+                }
+            };
+            let chain = load_certs(&spec.cert).map_err(at(CertFile::Cert))?;
+            let key = load_key(&spec.key).map_err(at(CertFile::Key))?;
             let signer = provider
                 .key_provider
                 .load_private_key(key)
-                .map_err(|e| file_err(&spec.key, e))?;
+                .map_err(|e| at(CertFile::Key)(file_err(&spec.key, e)))?;
             let ck = CertifiedKey::new(chain, signer);
             ck.keys_match().map_err(|e| {
-                file_err(
+                at(CertFile::Key)(file_err(
                     &spec.key,
                     format!("does not match {}: {e}", spec.cert.display()),
-                )
+                ))
             })?;
             set.keys.push(Arc::new(ck));
             let mut names = Vec::new();
@@ -101,7 +148,7 @@ impl CertSet {
             set.names.push(names);
         }
         if set.keys.is_empty() {
-            return Err(TlsError::Config("no certificates configured".into()));
+            return Err(CertLoadError::Empty);
         }
         Ok(set)
     }

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::control::checker::Checker;
 use crate::control::config::{self, CompileCtx, Compiled, ConfigErrors};
 use crate::geo::GeoDb;
-use crate::health::HealthRegistry;
+use crate::health::{BackendHealth, HealthRegistry};
 use crate::net::server;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{
@@ -117,9 +117,11 @@ impl Shared {
     }
 
     /// Publish a compiled configuration: bind moved listeners (before anything changes),
-    /// swap the snapshot, start the moved listeners and stop the old ones, reconcile checks.
-    fn publish(self: &Arc<Self>, c: Compiled) -> Result<Summary, ConfigErrors> {
+    /// swap the snapshot, start the moved listeners and stop the old ones, reconcile checks,
+    /// mark backends that lost their checks up.
+    fn publish(self: &Arc<Self>, mut c: Compiled) -> Result<Summary, ConfigErrors> {
         let old = self.edge.snapshot.load_full();
+        let force_up = std::mem::take(&mut c.force_up);
         let moved = self
             .bind_moved(&c.settings)
             .map_err(|e| one_error(&self.config_path, e))?;
@@ -149,6 +151,8 @@ impl Shared {
         self.start_listeners(moved);
         let mut checker = self.checker.lock().unwrap_or_else(|e| e.into_inner());
         checker.reconcile(&snap.table, &self.background, &self.edge.hard);
+        // After the reconcile has stopped the probes of removed checks.
+        force_up_all(&force_up);
         self.pool.retain(&keys);
         Ok(summary)
     }
@@ -280,6 +284,13 @@ fn build_snapshot(
     })
 }
 
+/// Apply `Compiled::force_up` once its snapshot is live.
+fn force_up_all(backends: &[Arc<BackendHealth>]) {
+    for h in backends {
+        h.force_up();
+    }
+}
+
 /// `[metrics] buckets` read ahead of the full load: histograms need them before any handle
 /// is created. Invalid values are reported by the full compile.
 fn preparse_buckets(path: &Path) -> Vec<f64> {
@@ -343,13 +354,14 @@ impl App {
         let events = Arc::new(crate::observe::events::EventLog::default());
         let health = HealthRegistry::default();
         let pool = UpstreamPool::default();
-        let compiled = {
+        let mut compiled = {
             let ctx = CompileCtx {
                 health: &health,
                 pool: &pool,
             };
             config::load(&opts.config, &ctx).map_err(StartError::Config)?
         };
+        let force_up = std::mem::take(&mut compiled.force_up);
         let embedded = Mutex::new(None);
         let snap = build_snapshot(compiled, 1, || {
             let db =
@@ -398,6 +410,7 @@ impl App {
             let snap = shared.edge.snapshot.load_full();
             let mut checker = shared.checker.lock().unwrap_or_else(|e| e.into_inner());
             checker.reconcile(&snap.table, &shared.background, &shared.edge.hard);
+            force_up_all(&force_up);
             tracing::info!("configuration loaded: {}", snap.summary);
         }
         let moved = shared.bind_moved(&settings).map_err(StartError::Bind)?;

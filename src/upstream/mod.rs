@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
 
-use crate::tls::{load_certs, load_key};
+use crate::tls::{TlsError, load_certs, load_key};
 use body::ReqBody;
 
 pub(crate) mod body;
@@ -77,6 +77,38 @@ pub struct PoolKey {
     pub backends: Vec<String>,
 }
 
+/// Why an upstream client could not be built (a `[services.*.upstream_tls]` problem).
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// A CA bundle, client certificate or client key file could not be read.
+    #[error(transparent)]
+    File(#[from] TlsError),
+    /// A certificate in the CA bundle was rejected as a trust anchor.
+    #[error("{}: {source}", path.display())]
+    Ca {
+        /// The CA bundle.
+        path: PathBuf,
+        /// Why the certificate was rejected.
+        source: rustls::Error,
+    },
+    /// The client certificate and key were rejected.
+    #[error("client certificate {}: {source}", cert.display())]
+    ClientCert {
+        /// The client certificate file.
+        cert: PathBuf,
+        /// Why rustls rejected the pair.
+        source: rustls::Error,
+    },
+    /// `server_name` is not a DNS name or IP address.
+    #[error("{name}: {source}")]
+    ServerName {
+        /// The configured name.
+        name: String,
+        /// Why it is invalid.
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+}
+
 /// Clients shared across reloads, so a reload keeps warm connections.
 #[derive(Default)]
 pub struct UpstreamPool {
@@ -85,7 +117,7 @@ pub struct UpstreamPool {
 
 impl UpstreamPool {
     /// The client for `key`, built on first use.
-    pub fn client(&self, key: &PoolKey) -> Result<UpstreamClient, String> {
+    pub fn client(&self, key: &PoolKey) -> Result<UpstreamClient, PoolError> {
         let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(key) {
             return Ok(c.clone());
@@ -102,14 +134,15 @@ impl UpstreamPool {
     }
 }
 
-fn build_client(key: &PoolKey) -> Result<UpstreamClient, String> {
+fn build_client(key: &PoolKey) -> Result<UpstreamClient, PoolError> {
     let mut roots = RootCertStore::empty();
     match &key.ca {
         Some(ca) => {
-            for cert in load_certs(ca).map_err(|e| e.to_string())? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            for cert in load_certs(ca)? {
+                roots.add(cert).map_err(|source| PoolError::Ca {
+                    path: ca.clone(),
+                    source,
+                })?;
             }
         }
         None => {
@@ -124,11 +157,11 @@ fn build_client(key: &PoolKey) -> Result<UpstreamClient, String> {
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
     let tls = match &key.client_cert {
         Some((cert, k)) => builder
-            .with_client_auth_cert(
-                load_certs(cert).map_err(|e| e.to_string())?,
-                load_key(k).map_err(|e| e.to_string())?,
-            )
-            .map_err(|e| format!("client certificate {}: {e}", cert.display()))?,
+            .with_client_auth_cert(load_certs(cert)?, load_key(k)?)
+            .map_err(|source| PoolError::ClientCert {
+                cert: cert.clone(),
+                source,
+            })?,
         None => builder.with_no_client_auth(),
     };
     let mut http = HttpConnector::new();
@@ -141,7 +174,11 @@ fn build_client(key: &PoolKey) -> Result<UpstreamClient, String> {
         .https_or_http();
     let b = match &key.server_name {
         Some(name) => {
-            let sn = ServerName::try_from(name.clone()).map_err(|e| format!("{name}: {e}"))?;
+            let sn =
+                ServerName::try_from(name.clone()).map_err(|source| PoolError::ServerName {
+                    name: name.clone(),
+                    source,
+                })?;
             b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sn))
         }
         None => b,

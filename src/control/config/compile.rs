@@ -1,5 +1,9 @@
 //! `compile`: validate a parsed `RoutesFile` completely and build the immutable runtime
 //! table. Every problem is collected with its field path; nothing is applied on error.
+//!
+//! Compiling changes no live state: what publishing must do to the running process (mark
+//! backends without active checks up) is recorded in `Compiled` and applied by the publisher
+//! once the snapshot is live, so an offline `geolb check` or a rejected reload has no effect.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -7,37 +11,50 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use ipnet::IpNet;
 
 use super::diag::{ConfigError, ConfigErrors, Locator};
-use super::file::RoutesFile;
+use super::file::{
+    ClientIpFile, IpHeaderFile, LimitsFile, ListenersFile, MetricsFile, OverrideFile, RegionFile,
+    RouteFile, RoutesFile, TimeoutsFile, TlsFile,
+};
 use super::values::parse_duration;
 use crate::geo::GeoDb;
-use crate::health::HealthRegistry;
+use crate::health::{BackendHealth, HealthRegistry};
 use crate::observe::access_log::AccessLogSettings;
+use crate::observe::metrics::RouteRegionMetrics;
 use crate::route::client_ip::{IpHeader, TrustedNets};
 use crate::route::*;
-use crate::tls::{CertSet, CertSpec};
+use crate::tls::{CertLoadError, CertSet, CertSpec};
 use crate::upstream::{PoolKey, UpstreamPool};
 
 /// What compile needs from the running process: state that survives reloads.
 pub struct CompileCtx<'a> {
+    /// Backend health by identity: a backend that stays keeps its state.
     pub health: &'a HealthRegistry,
+    /// Upstream clients by pool key: an unchanged pool keeps its connections.
     pub pool: &'a UpstreamPool,
 }
 
 /// A validated configuration, ready to publish.
 pub struct Compiled {
+    /// Routes, services, regions and backends.
     pub table: RoutingTable,
+    /// Listeners, timeouts, limits and the other process-wide settings.
     pub settings: Settings,
     /// Loaded when certificates are configured.
     pub certs: Option<Arc<CertSet>>,
     /// Loaded when `[geo] database` is set; otherwise the caller uses the embedded one.
     pub geo: Option<Arc<GeoDb>>,
+    /// The pools the services use (the publisher drops the others).
     pub pool_keys: Vec<PoolKey>,
-    /// Raw file, for `check --diff` and `/status`.
+    /// Counts, for `geolb check`, the reload log and `/status`.
     pub summary: Summary,
+    /// Health of the backends of services without active checks. Nothing will ever re-check
+    /// them, so a state left down by checks this configuration removes must not keep them out
+    /// of rotation forever: the publisher calls `force_up` on each once the snapshot is live.
+    pub force_up: Vec<Arc<BackendHealth>>,
 }
 
 /// Read, parse and compile a file.
@@ -69,7 +86,7 @@ pub fn compile_str(src: &str, path: &Path, ctx: &CompileCtx<'_>) -> Result<Compi
     };
     let out = c.compile(&parsed);
     if c.errors.is_empty() {
-        out.ok_or_else(|| ConfigErrors(vec![loc.error("", "invalid configuration")]))
+        Ok(out)
     } else {
         Err(ConfigErrors(c.errors))
     }
@@ -82,7 +99,29 @@ pub(super) struct Compiler<'a, 'b> {
     pub(super) ctx: &'a CompileCtx<'b>,
 }
 
-const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
+/// Host → (path prefix, route index) lists, filled route by route.
+type HostMap = HashMap<Box<str>, Vec<(Box<str>, usize)>>;
+
+/// (path prefix, route index), longest prefix first.
+type PrefixList = Box<[(Box<str>, usize)]>;
+
+/// The host index of the routing table while routes are compiled.
+#[derive(Default)]
+struct HostIndex {
+    exact: HostMap,
+    /// Keyed by the suffix after `*`, e.g. `.example.com`.
+    wildcard: HostMap,
+    any: Vec<(Box<str>, usize)>,
+    /// (host, path prefix) pairs already routed.
+    seen: HashSet<(String, String)>,
+}
+
+/// The compiled `[listeners]` addresses.
+struct Listeners {
+    https: Option<SocketAddr>,
+    http: Option<(SocketAddr, HttpMode)>,
+    admin: Option<SocketAddr>,
+}
 
 impl Compiler<'_, '_> {
     pub(super) fn err(&mut self, path: &str, msg: impl Into<String>) {
@@ -108,7 +147,7 @@ impl Compiler<'_, '_> {
         match v {
             None => default,
             Some(s) => parse_duration(s).unwrap_or_else(|e| {
-                self.err(path, e);
+                self.err(path, e.to_string());
                 default
             }),
         }
@@ -127,294 +166,352 @@ impl Compiler<'_, '_> {
         }
     }
 
-    fn compile(&mut self, f: &RoutesFile) -> Option<Compiled> {
+    fn compile(&mut self, f: &RoutesFile) -> Compiled {
         let settings = self.settings(f);
-        let certs = if settings.certificates.is_empty() {
-            None
-        } else {
-            match CertSet::load(&settings.certificates) {
-                Ok(c) => Some(Arc::new(c)),
-                Err(e) => {
-                    let idx = settings
-                        .certificates
-                        .iter()
-                        .position(|c| {
-                            e.to_string().starts_with(&c.cert.display().to_string())
-                                || e.to_string().starts_with(&c.key.display().to_string())
-                        })
-                        .unwrap_or(0);
-                    self.err(&format!("tls.certificates[{idx}]"), e.to_string());
-                    None
-                }
-            }
-        };
+        let certs = self.certificates(&settings);
         if settings.https.is_some() && settings.certificates.is_empty() {
             self.err(
                 "listeners.https",
                 "an https listener needs at least one [[tls.certificates]]",
             );
         }
-        let geo = settings
-            .geo_database
-            .as_ref()
-            .and_then(|p| match GeoDb::open(p) {
-                Ok(db) => Some(Arc::new(db)),
-                Err(e) => {
-                    self.err("geo.database", e.to_string());
-                    None
-                }
-            });
+        let geo = self.geo(&settings);
+        let regions: Vec<Region> = f
+            .regions
+            .iter()
+            .map(|(name, r)| self.region(name, r))
+            .collect();
+        let region_idx: HashMap<&str, usize> = f
+            .regions
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), i))
+            .collect();
+        let services = self.services(f, &region_idx, &settings);
+        let (routes, hosts) = self.routes(f, &services.by_name, &regions);
+        let summary = Summary {
+            routes: routes.len(),
+            services: services.by_name.len(),
+            regions: regions.len(),
+            backends: services.backends,
+        };
+        let table = RoutingTable {
+            exact: sort_hosts(hosts.exact),
+            wildcard: sort_hosts(hosts.wildcard),
+            any: sort_prefixes(hosts.any),
+            routes: routes.into(),
+            regions: regions.into(),
+            services: services.by_name.into_values().collect(),
+        };
+        Compiled {
+            table,
+            settings,
+            certs,
+            geo,
+            pool_keys: services.pool_keys,
+            summary,
+            force_up: services.force_up,
+        }
+    }
 
-        // Regions.
-        let mut regions = Vec::new();
-        let mut region_idx = HashMap::new();
-        for (name, r) in &f.regions {
-            let p = format!("regions.{name}");
-            let [lat, lon] = r.location;
-            if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+    /// Load `[[tls.certificates]]`; a failure points at the certificate's `cert` or `key`.
+    fn certificates(&mut self, settings: &Settings) -> Option<Arc<CertSet>> {
+        if settings.certificates.is_empty() {
+            return None;
+        }
+        match CertSet::load(&settings.certificates) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(CertLoadError::Spec {
+                index,
+                file,
+                source,
+            }) => {
                 self.err(
-                    &format!("{p}.location"),
-                    "expected [latitude (-90..90), longitude (-180..180)]",
+                    &format!("tls.certificates[{index}].{}", file.field()),
+                    source.to_string(),
                 );
+                None
             }
-            if !(-99..=99).contains(&r.bias) {
-                self.err(&format!("{p}.bias"), "bias must be between -99 and 99");
-            }
-            let header = HeaderValue::from_str(name).unwrap_or_else(|_| {
-                self.err(&p, "region names must be printable ASCII");
-                HeaderValue::from_static("invalid")
-            });
-            region_idx.insert(name.as_str(), regions.len());
-            regions.push(Region {
-                name: name.as_str().into(),
-                lat,
-                lon,
-                bias: r.bias,
-                header,
-                centroid_km: crate::geo::centroids::CENTROIDS
-                    .iter()
-                    .map(|c| crate::geo::distance_km(c.lat, c.lon, lat, lon))
-                    .collect(),
-            });
-        }
-
-        // Services.
-        let mut services: BTreeMap<&str, Arc<Service>> = BTreeMap::new();
-        let mut pool_keys = Vec::new();
-        let mut backend_count = 0;
-        for (name, s) in &f.services {
-            if let Some(svc) = self.service(name, s, &region_idx, &settings, &mut pool_keys) {
-                backend_count += svc.backends.len();
-                services.insert(name.as_str(), Arc::new(svc));
+            Err(e @ CertLoadError::Empty) => {
+                self.err("tls.certificates", e.to_string());
+                None
             }
         }
+    }
 
-        // Routes.
+    fn geo(&mut self, settings: &Settings) -> Option<Arc<GeoDb>> {
+        let p = settings.geo_database.as_ref()?;
+        match GeoDb::open(p) {
+            Ok(db) => Some(Arc::new(db)),
+            Err(e) => {
+                self.err("geo.database", e.to_string());
+                None
+            }
+        }
+    }
+
+    fn region(&mut self, name: &str, r: &RegionFile) -> Region {
+        let p = format!("regions.{name}");
+        let [lat, lon] = r.location;
+        if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+            self.err(
+                &format!("{p}.location"),
+                "expected [latitude (-90..90), longitude (-180..180)]",
+            );
+        }
+        if !(-99..=99).contains(&r.bias) {
+            self.err(&format!("{p}.bias"), "bias must be between -99 and 99");
+        }
+        let header = HeaderValue::from_str(name).unwrap_or_else(|_| {
+            self.err(&p, "region names must be printable ASCII");
+            HeaderValue::from_static("invalid")
+        });
+        Region {
+            name: name.into(),
+            lat,
+            lon,
+            bias: r.bias,
+            header,
+            centroid_km: crate::geo::centroids::CENTROIDS
+                .iter()
+                .map(|c| crate::geo::distance_km(c.lat, c.lon, lat, lon))
+                .collect(),
+        }
+    }
+
+    /// Every `[[routes]]` entry whose service compiled, and the host index over them.
+    fn routes(
+        &mut self,
+        f: &RoutesFile,
+        services: &BTreeMap<&str, Arc<Service>>,
+        regions: &[Region],
+    ) -> (Vec<Route>, HostIndex) {
         let mut routes = Vec::new();
-        let mut exact: HashMap<Box<str>, Vec<(Box<str>, usize)>> = HashMap::new();
-        let mut wildcard: HashMap<Box<str>, Vec<(Box<str>, usize)>> = HashMap::new();
-        let mut any: Vec<(Box<str>, usize)> = Vec::new();
-        let mut seen: HashSet<(String, String)> = HashSet::new();
+        let mut hosts = HostIndex::default();
         for (i, r) in f.routes.iter().enumerate() {
             let p = format!("routes[{i}]");
             let Some(svc) = services.get(r.service.as_str()).cloned() else {
-                let known: Vec<&str> = f.services.keys().map(String::as_str).collect();
-                let hint = known
-                    .iter()
-                    .min_by_key(|k| super::diag::edit_distance(&r.service, k))
-                    .map(|k| format!(" (did you mean `{k}`?)"))
-                    .unwrap_or_default();
                 if f.services.contains_key(&r.service) {
                     continue; // the service itself had errors, already reported
                 }
+                let hint = f
+                    .services
+                    .keys()
+                    .min_by_key(|k| super::diag::edit_distance(&r.service, k))
+                    .map(|k| format!(" (did you mean `{k}`?)"))
+                    .unwrap_or_default();
                 self.err(
                     &format!("{p}.service"),
                     format!("unknown service `{}`{hint}", r.service),
                 );
                 continue;
             };
-            if !r.path_prefix.starts_with('/') {
-                self.err(&format!("{p}.path_prefix"), "must start with `/`");
-            }
-            let route_idx = routes.len();
-            let hosts: Vec<String> = if r.hosts.is_empty() {
-                vec!["*".into()]
-            } else {
-                r.hosts.clone()
-            };
-            for (h, host) in hosts.iter().enumerate() {
-                let host = host.to_ascii_lowercase();
-                let hp = format!("{p}.hosts[{h}]");
-                if !seen.insert((host.clone(), r.path_prefix.clone())) {
-                    self.err(
-                        &hp,
-                        format!(
-                            "`{host}` with path_prefix `{}` is already routed",
-                            r.path_prefix
-                        ),
-                    );
-                    continue;
-                }
-                let entry = (Box::from(r.path_prefix.as_str()), route_idx);
-                if host == "*" {
-                    any.push(entry);
-                } else if let Some(suffix) = host.strip_prefix("*.") {
-                    if !valid_host(suffix) {
-                        self.err(&hp, format!("`{host}` is not a valid wildcard host"));
-                    }
-                    wildcard
-                        .entry(format!(".{suffix}").into())
-                        .or_default()
-                        .push(entry);
-                } else if valid_host(&host) {
-                    exact.entry(host.into()).or_default().push(entry);
-                } else {
-                    self.err(
-                        &hp,
-                        format!(
-                            "`{host}` is not a valid host name (use `*.example.com` for wildcards)"
-                        ),
-                    );
-                }
-            }
-            let svc_region_idx = |name: &str| {
-                svc.regions
-                    .iter()
-                    .position(|sr| &*regions[sr.region].name == name)
-            };
-            let mut default_order = Vec::new();
-            if let Some(list) = &r.default_regions {
-                for (j, name) in list.iter().enumerate() {
-                    match svc_region_idx(name) {
-                        Some(k) => default_order.push(k),
-                        None => self.err(
-                            &format!("{p}.default_regions[{j}]"),
-                            format!("service `{}` has no backends in region `{name}`", r.service),
-                        ),
-                    }
-                }
-            }
-            let mut overrides = Vec::new();
-            for (j, o) in r.overrides.iter().enumerate() {
-                let op = format!("{p}.overrides[{j}]");
-                let mut order = Vec::new();
-                for (k, name) in o.regions.iter().enumerate() {
-                    match svc_region_idx(name) {
-                        Some(x) => order.push(x),
-                        None => self.err(
-                            &format!("{op}.regions[{k}]"),
-                            format!("service `{}` has no backends in region `{name}`", r.service),
-                        ),
-                    }
-                }
-                if o.regions.is_empty() {
-                    self.err(
-                        &format!("{op}.regions"),
-                        "an override needs at least one region",
-                    );
-                }
-                let mut countries = Vec::new();
-                for (k, c) in o.countries.iter().enumerate() {
-                    match c.as_bytes() {
-                        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
-                            countries.push([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
-                        }
-                        _ => self.err(
-                            &format!("{op}.countries[{k}]"),
-                            format!("`{c}` is not an ISO 3166 alpha-2 code"),
-                        ),
-                    }
-                }
-                let mut continents = Vec::new();
-                for (k, c) in o.continents.iter().enumerate() {
-                    let up = c.to_ascii_uppercase();
-                    if CONTINENTS.contains(&up.as_str()) {
-                        let b = up.as_bytes();
-                        continents.push([b[0], b[1]]);
-                    } else {
-                        self.err(
-                            &format!("{op}.continents[{k}]"),
-                            format!("`{c}` is not one of {CONTINENTS:?}"),
-                        );
-                    }
-                }
-                let mut cidrs = Vec::new();
-                for (k, c) in o.cidrs.iter().enumerate() {
-                    match parse_net(c) {
-                        Some(n) => cidrs.push(n),
-                        None => {
-                            self.err(&format!("{op}.cidrs[{k}]"), format!("`{c}` is not a CIDR"))
-                        }
-                    }
-                }
-                if countries.is_empty() && continents.is_empty() && cidrs.is_empty() {
-                    self.err(&op, "an override needs countries, continents or cidrs");
-                }
-                overrides.push(Override {
-                    countries: countries.into(),
-                    continents: continents.into(),
-                    cidrs: cidrs.into(),
-                    order: order.into(),
-                });
-            }
-            let name: Arc<str> =
-                format!("{}{}", hosts[0].to_ascii_lowercase(), r.path_prefix).into();
-            let label = metrics::SharedString::from_shared(name.clone());
-            let mut route_metrics: Vec<_> = svc
-                .regions
-                .iter()
-                .map(|sr| {
-                    let region =
-                        metrics::SharedString::from_shared(regions[sr.region].name.clone());
-                    crate::observe::metrics::RouteRegionMetrics::new(&label, &region)
-                })
-                .collect();
-            route_metrics.push(crate::observe::metrics::RouteRegionMetrics::new(
-                &label,
-                &"none".into(),
-            ));
-            routes.push(Route {
-                name,
-                metrics: route_metrics.into(),
-                service: svc,
-                default_order: default_order.into(),
-                overrides: overrides.into(),
-            });
+            let route = self.route(&p, r, svc, regions, &mut hosts, routes.len());
+            routes.push(route);
         }
         if f.routes.is_empty() {
             self.err("routes", "no [[routes]] defined");
         }
-        let finish = |m: HashMap<Box<str>, Vec<(Box<str>, usize)>>| {
-            m.into_iter()
-                .map(|(k, v)| (k, sort_prefixes(v)))
-                .collect::<HashMap<_, _>>()
+        (routes, hosts)
+    }
+
+    fn route(
+        &mut self,
+        p: &str,
+        r: &RouteFile,
+        svc: Arc<Service>,
+        regions: &[Region],
+        index: &mut HostIndex,
+        route_idx: usize,
+    ) -> Route {
+        if !r.path_prefix.starts_with('/') {
+            self.err(&format!("{p}.path_prefix"), "must start with `/`");
+        }
+        let hosts: Vec<String> = if r.hosts.is_empty() {
+            vec!["*".into()]
+        } else {
+            r.hosts.clone()
         };
-        let summary = Summary {
-            routes: routes.len(),
-            services: services.len(),
-            regions: regions.len(),
-            backends: backend_count,
+        for (h, host) in hosts.iter().enumerate() {
+            self.route_host(&format!("{p}.hosts[{h}]"), host, r, index, route_idx);
+        }
+        let default_order = match &r.default_regions {
+            Some(list) => self.region_order(&format!("{p}.default_regions"), list, &svc, regions),
+            None => Vec::new(),
         };
-        let table = RoutingTable {
-            exact: finish(exact),
-            wildcard: finish(wildcard),
-            any: sort_prefixes(any),
-            routes: routes.into(),
-            regions: regions.into(),
-            services: services.into_values().collect(),
-        };
-        Some(Compiled {
-            table,
-            settings,
-            certs,
-            geo,
-            pool_keys,
-            summary,
-        })
+        let overrides: Vec<Override> = r
+            .overrides
+            .iter()
+            .enumerate()
+            .map(|(j, o)| self.override_rule(&format!("{p}.overrides[{j}]"), o, &svc, regions))
+            .collect();
+        let name: Arc<str> = format!("{}{}", hosts[0].to_ascii_lowercase(), r.path_prefix).into();
+        Route {
+            metrics: route_metrics(&name, &svc, regions),
+            name,
+            service: svc,
+            default_order: default_order.into(),
+            overrides: overrides.into(),
+        }
+    }
+
+    /// Enter one of a route's hosts (exact, `*.wildcard` or `*`) into the host index.
+    fn route_host(
+        &mut self,
+        hp: &str,
+        host: &str,
+        r: &RouteFile,
+        index: &mut HostIndex,
+        route_idx: usize,
+    ) {
+        let host = host.to_ascii_lowercase();
+        if !index.seen.insert((host.clone(), r.path_prefix.clone())) {
+            self.err(
+                hp,
+                format!(
+                    "`{host}` with path_prefix `{}` is already routed",
+                    r.path_prefix
+                ),
+            );
+            return;
+        }
+        let entry = (Box::from(r.path_prefix.as_str()), route_idx);
+        if host == "*" {
+            index.any.push(entry);
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            if !valid_host(suffix) {
+                self.err(hp, format!("`{host}` is not a valid wildcard host"));
+            }
+            index
+                .wildcard
+                .entry(format!(".{suffix}").into())
+                .or_default()
+                .push(entry);
+        } else if valid_host(&host) {
+            index.exact.entry(host.into()).or_default().push(entry);
+        } else {
+            self.err(
+                hp,
+                format!("`{host}` is not a valid host name (use `*.example.com` for wildcards)"),
+            );
+        }
+    }
+
+    /// Region names → indices into `svc.regions`; `path` is the list's field path.
+    fn region_order(
+        &mut self,
+        path: &str,
+        names: &[String],
+        svc: &Service,
+        regions: &[Region],
+    ) -> Vec<usize> {
+        let mut order = Vec::new();
+        for (j, name) in names.iter().enumerate() {
+            match svc
+                .regions
+                .iter()
+                .position(|sr| &*regions[sr.region].name == name)
+            {
+                Some(k) => order.push(k),
+                None => self.err(
+                    &format!("{path}[{j}]"),
+                    format!("service `{}` has no backends in region `{name}`", svc.name),
+                ),
+            }
+        }
+        order
+    }
+
+    fn override_rule(
+        &mut self,
+        op: &str,
+        o: &OverrideFile,
+        svc: &Service,
+        regions: &[Region],
+    ) -> Override {
+        let order = self.region_order(&format!("{op}.regions"), &o.regions, svc, regions);
+        if o.regions.is_empty() {
+            self.err(
+                &format!("{op}.regions"),
+                "an override needs at least one region",
+            );
+        }
+        let mut countries = Vec::new();
+        for (k, c) in o.countries.iter().enumerate() {
+            match c.as_bytes() {
+                [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                    countries.push([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
+                }
+                _ => self.err(
+                    &format!("{op}.countries[{k}]"),
+                    format!("`{c}` is not an ISO 3166 alpha-2 code"),
+                ),
+            }
+        }
+        let mut cidrs = Vec::new();
+        for (k, c) in o.cidrs.iter().enumerate() {
+            match parse_net(c) {
+                Some(n) => cidrs.push(n),
+                None => self.err(&format!("{op}.cidrs[{k}]"), format!("`{c}` is not a CIDR")),
+            }
+        }
+        if countries.is_empty() && o.continents.is_empty() && cidrs.is_empty() {
+            self.err(op, "an override needs countries, continents or cidrs");
+        }
+        Override {
+            countries: countries.into(),
+            continents: o.continents.iter().map(|c| c.0).collect(),
+            cidrs: cidrs.into(),
+            order: order.into(),
+        }
     }
 
     fn settings(&mut self, f: &RoutesFile) -> Settings {
-        let l = &f.listeners;
+        let l = self.listeners(&f.listeners);
+        self.buckets(&f.metrics);
+        if l.https.is_none()
+            && l.http.is_none()
+            && f.listeners.https.is_none()
+            && f.listeners.http.is_none()
+        {
+            self.err(
+                "listeners",
+                "configure at least one of listeners.https and listeners.http",
+            );
+        }
+        let timeouts = self.timeouts(&f.timeouts);
+        let limits = self.limits(&f.limits);
+        let trusted = self.trusted_proxies(&f.client_ip);
+        let ip_header = match &f.client_ip.header {
+            IpHeaderFile::XForwardedFor => IpHeader::XForwardedFor,
+            IpHeaderFile::Forwarded => IpHeader::Forwarded,
+            IpHeaderFile::Single(name) => IpHeader::Single(name.clone()),
+        };
+        let certificates = self.cert_specs(&f.tls);
+        let al = &f.access_log;
+        Settings {
+            https: l.https,
+            http: l.http,
+            admin: l.admin,
+            admin_token: f.listeners.admin_token.as_deref().map(Arc::from),
+            timeouts,
+            limits,
+            trusted,
+            ip_header,
+            proxy_protocol: f.client_ip.proxy_protocol,
+            access_log: AccessLogSettings {
+                enabled: al.enabled.unwrap_or(true),
+                format: al.format.unwrap_or_default(),
+                path: al.path.as_deref().map(|p| self.path(p)),
+            },
+            response_region: f.headers.response_region,
+            preserve_host: f.headers.preserve_host.unwrap_or(true),
+            certificates,
+            geo_database: f.geo.database.as_deref().map(|p| self.path(p)),
+        }
+    }
+
+    fn listeners(&mut self, l: &ListenersFile) -> Listeners {
         let https = l
             .https
             .as_ref()
@@ -431,7 +528,11 @@ impl Compiler<'_, '_> {
         if admin.is_some_and(|a| !a.ip().is_loopback()) && l.admin_token.is_none() {
             tracing::warn!("the admin listener is not on loopback and has no admin_token");
         }
-        if let Some(b) = &f.metrics.buckets {
+        Listeners { https, http, admin }
+    }
+
+    fn buckets(&mut self, m: &MetricsFile) {
+        if let Some(b) = &m.buckets {
             if b.is_empty()
                 || b.windows(2).any(|w| w[0] >= w[1])
                 || b.iter().any(|x| x.is_nan() || *x <= 0.0)
@@ -442,71 +543,33 @@ impl Compiler<'_, '_> {
                 );
             }
         }
-        if https.is_none() && http.is_none() && l.https.is_none() && l.http.is_none() {
-            self.err(
-                "listeners",
-                "configure at least one of listeners.https and listeners.http",
-            );
-        }
-        let t = &f.timeouts;
+    }
+
+    fn timeouts(&mut self, t: &TimeoutsFile) -> Timeouts {
+        let mut d = |name: &str, v: &Option<String>, default_secs: u64| {
+            self.duration(
+                &format!("timeouts.{name}"),
+                v,
+                Duration::from_secs(default_secs),
+            )
+        };
         let timeouts = Timeouts {
-            tls_handshake: self.duration(
-                "timeouts.tls_handshake",
-                &t.tls_handshake,
-                Duration::from_secs(10),
-            ),
-            request_header: self.duration(
-                "timeouts.request_header",
-                &t.request_header,
-                Duration::from_secs(10),
-            ),
-            keepalive_idle: self.duration(
-                "timeouts.keepalive_idle",
-                &t.keepalive_idle,
-                Duration::from_secs(60),
-            ),
-            upstream_connect: self.duration(
-                "timeouts.upstream_connect",
-                &t.upstream_connect,
-                Duration::from_secs(3),
-            ),
-            upstream_response_header: self.duration(
-                "timeouts.upstream_response_header",
+            tls_handshake: d("tls_handshake", &t.tls_handshake, 10),
+            request_header: d("request_header", &t.request_header, 10),
+            keepalive_idle: d("keepalive_idle", &t.keepalive_idle, 60),
+            upstream_connect: d("upstream_connect", &t.upstream_connect, 3),
+            upstream_response_header: d(
+                "upstream_response_header",
                 &t.upstream_response_header,
-                Duration::from_secs(60),
+                60,
             ),
-            upstream_idle: self.duration(
-                "timeouts.upstream_idle",
-                &t.upstream_idle,
-                Duration::from_secs(90),
-            ),
-            request: Some(self.duration("timeouts.request", &t.request, Duration::ZERO))
-                .filter(|d| !d.is_zero()),
-            shutdown_drain: self.duration(
-                "timeouts.shutdown_drain",
-                &t.shutdown_drain,
-                Duration::from_secs(30),
-            ),
-            proxy_protocol: self.duration(
-                "timeouts.proxy_protocol",
-                &t.proxy_protocol,
-                Duration::from_secs(5),
-            ),
-            request_body: self.duration(
-                "timeouts.request_body",
-                &t.request_body,
-                Duration::from_secs(60),
-            ),
-            tunnel_idle: self.duration(
-                "timeouts.tunnel_idle",
-                &t.tunnel_idle,
-                Duration::from_secs(3600),
-            ),
-            client_send: self.duration(
-                "timeouts.client_send",
-                &t.client_send,
-                Duration::from_secs(60),
-            ),
+            upstream_idle: d("upstream_idle", &t.upstream_idle, 90),
+            request: Some(d("request", &t.request, 0)).filter(|d| !d.is_zero()),
+            shutdown_drain: d("shutdown_drain", &t.shutdown_drain, 30),
+            proxy_protocol: d("proxy_protocol", &t.proxy_protocol, 5),
+            request_body: d("request_body", &t.request_body, 60),
+            tunnel_idle: d("tunnel_idle", &t.tunnel_idle, 3600),
+            client_send: d("client_send", &t.client_send, 60),
         };
         for (name, d) in [
             ("tls_handshake", timeouts.tls_handshake),
@@ -524,7 +587,10 @@ impl Compiler<'_, '_> {
                 self.err(&format!("timeouts.{name}"), "must be greater than zero");
             }
         }
-        let lim = &f.limits;
+        timeouts
+    }
+
+    fn limits(&mut self, lim: &LimitsFile) -> Limits {
         let max_header_bytes = lim.max_header_bytes.unwrap_or(64 * 1024);
         if !(8192..=1 << 24).contains(&max_header_bytes) {
             self.err(
@@ -549,7 +615,7 @@ impl Compiler<'_, '_> {
                 );
             }
         }
-        let limits = Limits {
+        Limits {
             max_header_bytes: max_header_bytes as usize,
             max_headers: lim.max_headers.unwrap_or(100).clamp(1, 10_000) as usize,
             max_body_bytes: lim.max_body_bytes.filter(|&b| b > 0),
@@ -558,8 +624,10 @@ impl Compiler<'_, '_> {
             h2_max_pending_resets: lim.h2_max_pending_resets.unwrap_or(20) as usize,
             h2_max_local_error_resets: lim.h2_max_local_error_resets.unwrap_or(256) as usize,
             max_idle_upstream_per_host: lim.max_idle_upstream_per_host.unwrap_or(256) as usize,
-        };
-        let ci = &f.client_ip;
+        }
+    }
+
+    fn trusted_proxies(&mut self, ci: &ClientIpFile) -> TrustedNets {
         let mut nets = Vec::new();
         for (i, n) in ci.trusted_proxies.iter().enumerate() {
             match parse_net(n) {
@@ -570,19 +638,12 @@ impl Compiler<'_, '_> {
                 ),
             }
         }
-        let ip_header = match ci.header.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("x-forwarded-for") => IpHeader::XForwardedFor,
-            Some("forwarded") => IpHeader::Forwarded,
-            Some(h) => match HeaderName::from_bytes(h.as_bytes()) {
-                Ok(n) => IpHeader::Single(n),
-                Err(_) => {
-                    self.err("client_ip.header", format!("`{h}` is not a header name"));
-                    IpHeader::XForwardedFor
-                }
-            },
-        };
+        TrustedNets::new(nets)
+    }
+
+    fn cert_specs(&mut self, tls: &TlsFile) -> Vec<CertSpec> {
         let mut certificates = Vec::new();
-        for (i, c) in f.tls.certificates.iter().enumerate() {
+        for (i, c) in tls.certificates.iter().enumerate() {
             for (j, n) in c.names.iter().enumerate() {
                 let bare = n.strip_prefix("*.").unwrap_or(n);
                 if !valid_host(&bare.to_ascii_lowercase()) {
@@ -599,37 +660,36 @@ impl Compiler<'_, '_> {
                 default: c.default,
             });
         }
-        if f.tls.certificates.iter().filter(|c| c.default).count() > 1 {
+        if tls.certificates.iter().filter(|c| c.default).count() > 1 {
             self.err(
                 "tls.certificates",
                 "only one certificate may be `default = true`",
             );
         }
-        let al = &f.access_log;
-        Settings {
-            https,
-            http,
-            admin,
-            admin_token: l.admin_token.as_deref().map(Arc::from),
-            timeouts,
-            limits,
-            trusted: TrustedNets::new(nets),
-            ip_header,
-            proxy_protocol: ci.proxy_protocol,
-            access_log: AccessLogSettings {
-                enabled: al.enabled.unwrap_or(true),
-                format: al.format.unwrap_or_default(),
-                path: al.path.as_deref().map(|p| self.path(p)),
-            },
-            response_region: f.headers.response_region,
-            preserve_host: f.headers.preserve_host.unwrap_or(true),
-            certificates,
-            geo_database: f.geo.database.as_deref().map(|p| self.path(p)),
-        }
+        certificates
     }
 }
 
-fn sort_prefixes(mut v: Vec<(Box<str>, usize)>) -> Box<[(Box<str>, usize)]> {
+/// Per-region request metrics of a route, plus one for "no region".
+fn route_metrics(name: &Arc<str>, svc: &Service, regions: &[Region]) -> Box<[RouteRegionMetrics]> {
+    let label = metrics::SharedString::from_shared(name.clone());
+    let mut out: Vec<_> = svc
+        .regions
+        .iter()
+        .map(|sr| {
+            let region = metrics::SharedString::from_shared(regions[sr.region].name.clone());
+            RouteRegionMetrics::new(&label, &region)
+        })
+        .collect();
+    out.push(RouteRegionMetrics::new(&label, &"none".into()));
+    out.into()
+}
+
+fn sort_hosts(m: HostMap) -> HashMap<Box<str>, PrefixList> {
+    m.into_iter().map(|(k, v)| (k, sort_prefixes(v))).collect()
+}
+
+fn sort_prefixes(mut v: Vec<(Box<str>, usize)>) -> PrefixList {
     v.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
     v.into()
 }

@@ -9,6 +9,7 @@ use toml_edit::{Document, Item, TableLike, Value};
 /// One problem found in a configuration file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError {
+    /// The configuration file.
     pub file: PathBuf,
     /// 1-based; 0 when the position is unknown.
     pub line: usize,
@@ -16,6 +17,7 @@ pub struct ConfigError {
     pub column: usize,
     /// Dotted field path such as `routes[2].service`; empty for syntax errors.
     pub path: String,
+    /// What is wrong, e.g. "unknown service `ap` (did you mean `app`?)".
     pub message: String,
 }
 
@@ -71,6 +73,7 @@ pub struct Locator<'a> {
 }
 
 impl<'a> Locator<'a> {
+    /// Positions in `src`, the text of `file`.
     pub fn new(file: &'a Path, src: &'a str) -> Self {
         Locator {
             file,

@@ -19,6 +19,7 @@ pub struct ConfigView {
 }
 
 impl ConfigView {
+    /// The view of a compiled table.
     pub fn of(t: &RoutingTable) -> ConfigView {
         let mut v = ConfigView::default();
         for r in t.routes.iter() {

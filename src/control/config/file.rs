@@ -1,11 +1,14 @@
 //! The on-disk shape of `routes.toml`: serde types only, no validation beyond types.
 //!
 //! Every table rejects unknown keys so a typo is an error, never a silently ignored setting.
-//! Defaults are applied in `compile.rs` and documented in `conf/routes.toml`.
+//! A setting with a closed set of values is an enum here, so an unknown value is a serde error
+//! ("unknown variant …, expected one of …") positioned at the value. Defaults are applied in
+//! `compile.rs` and documented in `conf/routes.toml`.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use http::HeaderName;
+use serde::{Deserialize, Deserializer};
 
 use crate::observe::access_log::AccessLogFormat;
 use crate::route::{HttpMode, LbPolicy};
@@ -98,7 +101,8 @@ pub(crate) struct ClientIpFile {
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     /// "x-forwarded-for" (default), "forwarded", or a single-value header such as "x-real-ip".
-    pub header: Option<String>,
+    #[serde(default)]
+    pub header: IpHeaderFile,
     /// Expect a PROXY protocol v1/v2 header on the public listeners.
     #[serde(default)]
     pub proxy_protocol: bool,
@@ -173,7 +177,8 @@ pub(crate) struct ServiceFile {
     #[serde(default)]
     pub lb: LbPolicy,
     /// Key for `lb = "hash"`: "client_ip" (default), "header:NAME" or "cookie:NAME".
-    pub hash_key: Option<String>,
+    #[serde(default)]
+    pub hash_key: HashKeyFile,
     pub backends: Vec<BackendFile>,
     #[serde(default)]
     pub health: HealthFile,
@@ -210,7 +215,7 @@ fn default_weight() -> u32 {
 #[serde(deny_unknown_fields)]
 pub(crate) struct HealthFile {
     /// "http" (default when `path` is set), "tcp", or "none".
-    pub kind: Option<String>,
+    pub kind: Option<HealthKindFile>,
     pub path: Option<String>,
     pub method: Option<String>,
     pub host: Option<String>,
@@ -222,7 +227,8 @@ pub(crate) struct HealthFile {
     pub healthy: Option<u32>,
     pub unhealthy: Option<u32>,
     /// "healthy" (default) or "unhealthy" until the first checks pass.
-    pub initial: Option<String>,
+    #[serde(default)]
+    pub initial: InitialHealthFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,8 +249,9 @@ pub(crate) struct SpilloverFile {
     pub overprovisioning: Option<f64>,
     /// Fraction (0..1) of total healthy weight under which the service panics.
     pub panic_threshold: Option<f64>,
-    /// "fail_open" or "fail_closed" (503).
-    pub panic: Option<String>,
+    /// "fail_open" (default) or "fail_closed" (503).
+    #[serde(default)]
+    pub panic: PanicFile,
     pub failback_delay: Option<String>,
     pub slow_start: Option<String>,
 }
@@ -254,7 +261,7 @@ pub(crate) struct SpilloverFile {
 pub(crate) struct RetryFile {
     pub attempts: Option<u32>,
     /// Any of "connect", "reset", "timeout" and status codes like "502", "503".
-    pub on: Option<Vec<String>>,
+    pub on: Option<Vec<RetryOnFile>>,
     /// Retries allowed as a fraction of active requests.
     pub budget: Option<f64>,
     pub min_retries: Option<u32>,
@@ -298,8 +305,168 @@ pub(crate) struct OverrideFile {
     #[serde(default)]
     pub countries: Vec<String>,
     #[serde(default)]
-    pub continents: Vec<String>,
+    pub continents: Vec<ContinentFile>,
     #[serde(default)]
     pub cidrs: Vec<String>,
     pub regions: Vec<String>,
+}
+
+/// A setting written as a string with a checked set of values. It is parsed inside the
+/// deserializer (see `string_setting!`), so a rejected value is a serde error positioned at
+/// the value itself, even as an element of an array.
+trait StringSetting: Sized {
+    /// What a valid value looks like (for serde's "invalid type" errors).
+    const EXPECTING: &'static str;
+    fn parse<E: serde::de::Error>(s: &str) -> Result<Self, E>;
+}
+
+struct StringVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T: StringSetting> serde::de::Visitor<'_> for StringVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        T::parse(v)
+    }
+}
+
+/// `Deserialize` for `StringSetting` types.
+macro_rules! string_setting {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_str(StringVisitor(std::marker::PhantomData))
+            }
+        }
+    )*};
+}
+
+string_setting!(IpHeaderFile, HashKeyFile, RetryOnFile, ContinentFile);
+
+/// `[client_ip] header`: which request header carries the client address (any case).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum IpHeaderFile {
+    #[default]
+    XForwardedFor,
+    Forwarded,
+    /// Any other header, holding one address.
+    Single(HeaderName),
+}
+
+impl StringSetting for IpHeaderFile {
+    const EXPECTING: &'static str = "\"x-forwarded-for\", \"forwarded\" or a header name";
+
+    fn parse<E: serde::de::Error>(s: &str) -> Result<Self, E> {
+        let h = s.to_ascii_lowercase();
+        match h.as_str() {
+            "x-forwarded-for" => Ok(IpHeaderFile::XForwardedFor),
+            "forwarded" => Ok(IpHeaderFile::Forwarded),
+            _ => HeaderName::from_bytes(h.as_bytes())
+                .map(IpHeaderFile::Single)
+                .map_err(|_| E::custom(format!("`{h}` is not a header name"))),
+        }
+    }
+}
+
+/// `hash_key`: "client_ip", "header:NAME" or "cookie:NAME".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum HashKeyFile {
+    #[default]
+    ClientIp,
+    Header(HeaderName),
+    Cookie(String),
+}
+
+impl StringSetting for HashKeyFile {
+    const EXPECTING: &'static str = "\"client_ip\", \"header:NAME\" or \"cookie:NAME\"";
+
+    fn parse<E: serde::de::Error>(k: &str) -> Result<Self, E> {
+        if k == "client_ip" {
+            return Ok(HashKeyFile::ClientIp);
+        }
+        match k.split_once(':') {
+            Some(("header", h)) => HeaderName::from_bytes(h.trim().as_bytes())
+                .map(HashKeyFile::Header)
+                .map_err(|_| E::custom(format!("`{h}` is not a header name"))),
+            Some(("cookie", c)) if !c.trim().is_empty() => Ok(HashKeyFile::Cookie(c.trim().into())),
+            _ => Err(E::custom(format!("`{k}`: expected {}", Self::EXPECTING))),
+        }
+    }
+}
+
+/// `health.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum HealthKindFile {
+    Http,
+    Tcp,
+    /// No active checks.
+    None,
+}
+
+/// `health.initial`: the state of a backend before its first checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum InitialHealthFile {
+    #[default]
+    Healthy,
+    Unhealthy,
+}
+
+/// `spillover.panic`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PanicFile {
+    #[default]
+    FailOpen,
+    FailClosed,
+}
+
+/// One entry of `retry.on`: "connect", "reset", "timeout" or a 5xx status such as "503".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetryOnFile {
+    Connect,
+    Reset,
+    Timeout,
+    Status(u16),
+}
+
+impl StringSetting for RetryOnFile {
+    const EXPECTING: &'static str = "connect, reset, timeout or a 5xx status";
+
+    fn parse<E: serde::de::Error>(s: &str) -> Result<Self, E> {
+        match s {
+            "connect" => Ok(RetryOnFile::Connect),
+            "reset" => Ok(RetryOnFile::Reset),
+            "timeout" => Ok(RetryOnFile::Timeout),
+            _ => match s.parse::<u16>() {
+                Ok(code) if (500..=599).contains(&code) => Ok(RetryOnFile::Status(code)),
+                _ => Err(E::custom(format!("`{s}`: expected {}", Self::EXPECTING))),
+            },
+        }
+    }
+}
+
+/// Continent codes, as the geo database reports them.
+pub(crate) const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
+
+/// One of [`CONTINENTS`], written in any case; holds the upper-case code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ContinentFile(pub [u8; 2]);
+
+impl StringSetting for ContinentFile {
+    const EXPECTING: &'static str = "a continent code";
+
+    fn parse<E: serde::de::Error>(c: &str) -> Result<Self, E> {
+        match *c.to_ascii_uppercase().as_bytes() {
+            [a, b] if CONTINENTS.iter().any(|k| k.as_bytes() == [a, b]) => {
+                Ok(ContinentFile([a, b]))
+            }
+            _ => Err(E::unknown_variant(c, &CONTINENTS)),
+        }
+    }
 }

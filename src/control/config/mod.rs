@@ -6,6 +6,8 @@ pub mod diag;
 pub mod diff;
 pub(crate) mod file;
 mod service;
+#[cfg(test)]
+mod tests;
 mod values;
 
 pub use compile::{CompileCtx, Compiled, compile_str, load};

@@ -1,42 +1,155 @@
 //! Services: backends, regions, balancing, health checks, passive detection, spillover,
 //! retries and the upstream pool, validated with field paths (part of `compile`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderValue, Method, Uri};
 
 use super::compile::Compiler;
-use super::file;
-use crate::health::PassivePolicy;
+use super::file::{
+    BackendFile, HashKeyFile, HealthFile, HealthKindFile, InitialHealthFile, PanicFile,
+    PassiveFile, RetryFile, RetryOnFile, RoutesFile, ServiceFile, SpilloverFile,
+};
+use crate::health::{BackendHealth, PassivePolicy};
 use crate::route::*;
 use crate::upstream::PoolKey;
 
+/// The compiled services of a file, and what compiling them recorded.
+pub(super) struct Services<'f> {
+    pub(super) by_name: BTreeMap<&'f str, Arc<Service>>,
+    pub(super) pool_keys: Vec<PoolKey>,
+    /// Backends over all services.
+    pub(super) backends: usize,
+    /// Health of the backends of services without active checks (see `Compiled::force_up`).
+    pub(super) force_up: Vec<Arc<BackendHealth>>,
+}
+
+/// A service's backends while they are compiled.
+#[derive(Default)]
+struct BackendSet {
+    backends: Vec<Backend>,
+    /// (index into the table's regions, indices into `backends`), in first-seen order.
+    regions: Vec<(usize, Vec<usize>)>,
+    any_http: bool,
+    any_https: bool,
+}
+
+/// `retry.on` when omitted.
+const DEFAULT_RETRY_ON: [RetryOnFile; 4] = [
+    RetryOnFile::Connect,
+    RetryOnFile::Reset,
+    RetryOnFile::Status(502),
+    RetryOnFile::Status(503),
+];
+
 impl Compiler<'_, '_> {
-    pub(super) fn service(
+    pub(super) fn services<'f>(
+        &mut self,
+        f: &'f RoutesFile,
+        region_idx: &HashMap<&str, usize>,
+        settings: &Settings,
+    ) -> Services<'f> {
+        let mut out = Services {
+            by_name: BTreeMap::new(),
+            pool_keys: Vec::new(),
+            backends: 0,
+            force_up: Vec::new(),
+        };
+        for (name, s) in &f.services {
+            let Some(svc) = self.service(name, s, region_idx, settings, &mut out.pool_keys) else {
+                continue;
+            };
+            out.backends += svc.backends.len();
+            if svc.check.is_none() {
+                // Nothing will ever re-check these backends: a state left down by checks that
+                // were removed in this reload must not keep them out of rotation forever.
+                out.force_up
+                    .extend(svc.backends.iter().map(|b| b.health.clone()));
+            }
+            out.by_name.insert(name.as_str(), Arc::new(svc));
+        }
+        out
+    }
+
+    fn service(
         &mut self,
         name: &str,
-        s: &file::ServiceFile,
+        s: &ServiceFile,
         region_idx: &HashMap<&str, usize>,
         settings: &Settings,
         pool_keys: &mut Vec<PoolKey>,
     ) -> Option<Service> {
         let p = format!("services.{name}");
         let errors_before = self.errors.len();
+        let initial_up = s.health.initial == InitialHealthFile::Healthy;
+        let set = self.backends(name, &p, s, region_idx, initial_up);
+        let hash_key = match &s.hash_key {
+            HashKeyFile::ClientIp => HashKey::ClientIp,
+            HashKeyFile::Header(h) => HashKey::Header(h.clone()),
+            HashKeyFile::Cookie(c) => HashKey::Cookie(c.as_str().into()),
+        };
+        let check = self.check(&p, &s.health);
+        if check.is_none() && !initial_up {
+            self.err(&format!("{p}.health.initial"), "\"unhealthy\" needs active health checks (set `path` or `kind`), or backends never come up");
+        }
+        let passive = self.passive(&p, &s.passive);
+        let spill = self.spill(&p, &s.spillover);
+        let retry = self.retry(&p, &s.retry);
+        let key = self.pool_key(&p, s, settings, &set);
+        let client = match self.ctx.pool.client(&key) {
+            Ok(c) => c,
+            Err(e) => {
+                self.err(&format!("{p}.upstream_tls"), e.to_string());
+                return None;
+            }
+        };
+        pool_keys.push(key.clone());
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        let regions = set
+            .regions
+            .into_iter()
+            .map(|(region, idx)| build_region(region, idx, &set.backends))
+            .collect();
+        Some(Service {
+            name: name.into(),
+            lb: s.lb,
+            hash_key,
+            backends: set.backends.into(),
+            regions,
+            client,
+            pool_key: key,
+            passive,
+            spill,
+            retry,
+            check,
+            active: AtomicU32::new(0),
+            retries_active: AtomicU32::new(0),
+            draws: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn backends(
+        &mut self,
+        name: &str,
+        p: &str,
+        s: &ServiceFile,
+        region_idx: &HashMap<&str, usize>,
+        initial_up: bool,
+    ) -> BackendSet {
         if s.backends.is_empty() {
             self.err(
                 &format!("{p}.backends"),
                 "a service needs at least one backend",
             );
         }
-        let mut backends = Vec::new();
-        let mut regions: Vec<(usize, Vec<usize>)> = Vec::new();
-        let mut any_https = false;
-        let mut any_http = false;
+        let mut set = BackendSet::default();
         let mut seen = HashSet::new();
-        let initial_up = !matches!(s.health.initial.as_deref(), Some("unhealthy"));
         for (i, b) in s.backends.iter().enumerate() {
             let bp = format!("{p}.backends[{i}]");
             let Some(&ridx) = region_idx.get(b.region.as_str()) else {
@@ -51,39 +164,8 @@ impl Compiler<'_, '_> {
                 );
                 continue;
             };
-            let (scheme, authority, label) = match (&b.address, &b.url) {
-                (Some(a), None) => match a.parse::<Authority>() {
-                    Ok(auth) if auth.port_u16().is_some() => (Scheme::HTTP, auth, a.clone()),
-                    _ => {
-                        self.err(&format!("{bp}.address"), format!("`{a}` is not host:port"));
-                        continue;
-                    }
-                },
-                (None, Some(u)) => match u.parse::<Uri>() {
-                    Ok(uri)
-                        if matches!(uri.scheme_str(), Some("http" | "https"))
-                            && uri.authority().is_some()
-                            && uri.path() == "/" =>
-                    {
-                        let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
-                        (
-                            scheme,
-                            uri.authority().cloned().expect("checked"),
-                            u.clone(),
-                        )
-                    }
-                    _ => {
-                        self.err(
-                            &format!("{bp}.url"),
-                            format!("`{u}` is not an http:// or https:// URL without a path"),
-                        );
-                        continue;
-                    }
-                },
-                _ => {
-                    self.err(&bp, "set exactly one of `address` and `url`");
-                    continue;
-                }
+            let Some((scheme, authority, label)) = self.backend_target(&bp, b) else {
+                continue;
             };
             if !seen.insert(label.clone()) {
                 self.err(&bp, format!("backend `{label}` is listed twice"));
@@ -92,25 +174,25 @@ impl Compiler<'_, '_> {
                 self.err(&format!("{bp}.weight"), "weight must be 0..=10000");
             }
             if scheme == Scheme::HTTPS {
-                any_https = true
+                set.any_https = true
             } else {
-                any_http = true
+                set.any_http = true
             }
-            let sr = match regions.iter().position(|(r, _)| *r == ridx) {
+            let sr = match set.regions.iter().position(|(r, _)| *r == ridx) {
                 Some(x) => x,
                 None => {
-                    regions.push((ridx, Vec::new()));
-                    regions.len() - 1
+                    set.regions.push((ridx, Vec::new()));
+                    set.regions.len() - 1
                 }
             };
-            regions[sr].1.push(backends.len());
+            set.regions[sr].1.push(set.backends.len());
             let health = self
                 .ctx
                 .health
                 .get_or_create(&format!("{name}|{label}"), initial_up);
             let host_header = HeaderValue::from_str(authority.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-            backends.push(Backend {
+            set.backends.push(Backend {
                 name: label.into(),
                 scheme,
                 host_header,
@@ -120,237 +202,57 @@ impl Compiler<'_, '_> {
                 health,
             });
         }
-        if regions.len() > MAX_REGIONS {
+        if set.regions.len() > MAX_REGIONS {
             self.err(
                 &format!("{p}.backends"),
                 format!("a service may span at most {MAX_REGIONS} regions"),
             );
         }
-        let hash_key = match s.hash_key.as_deref() {
-            None | Some("client_ip") => HashKey::ClientIp,
-            Some(k) => match k.split_once(':') {
-                Some(("header", h)) => match HeaderName::from_bytes(h.trim().as_bytes()) {
-                    Ok(n) => HashKey::Header(n),
-                    Err(_) => {
-                        self.err(
-                            &format!("{p}.hash_key"),
-                            format!("`{h}` is not a header name"),
-                        );
-                        HashKey::ClientIp
-                    }
-                },
-                Some(("cookie", c)) if !c.trim().is_empty() => HashKey::Cookie(c.trim().into()),
-                _ => {
-                    self.err(
-                        &format!("{p}.hash_key"),
-                        "expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\"",
-                    );
-                    HashKey::ClientIp
-                }
-            },
-        };
-        let check = self.check(&p, &s.health);
-        if check.is_none() && !initial_up {
-            self.err(&format!("{p}.health.initial"), "\"unhealthy\" needs active health checks (set `path` or `kind`), or backends never come up");
-        }
-        if check.is_none() && self.errors.len() == errors_before {
-            // Nothing will ever re-check these backends: a state left down by checks that were
-            // removed in this reload must not keep them out of rotation forever.
-            for b in &backends {
-                b.health.force_up();
-            }
-        }
-        if s.passive.max_ejection_percent.is_some_and(|v| v > 100) {
-            self.err(
-                &format!("{p}.passive.max_ejection_percent"),
-                "must be 0..=100",
-            );
-        }
-        let pv = &s.passive;
-        let passive = PassivePolicy {
-            consecutive_failures: pv.consecutive_failures.unwrap_or(5),
-            on_5xx: pv.on_5xx.unwrap_or(false),
-            base_ejection_ms: self
-                .duration(
-                    &format!("{p}.passive.base_ejection"),
-                    &pv.base_ejection,
-                    Duration::from_secs(30),
-                )
-                .as_millis() as u64,
-            max_ejection_ms: self
-                .duration(
-                    &format!("{p}.passive.max_ejection"),
-                    &pv.max_ejection,
-                    Duration::from_secs(300),
-                )
-                .as_millis() as u64,
-            max_ejection_percent: pv.max_ejection_percent.unwrap_or(50),
-        };
-        let sp = &s.spillover;
-        let overprovisioning = sp.overprovisioning.unwrap_or(1.4);
-        if !(1.0..=10.0).contains(&overprovisioning) {
-            self.err(
-                &format!("{p}.spillover.overprovisioning"),
-                "must be between 1.0 and 10.0",
-            );
-        }
-        let panic_threshold = sp.panic_threshold.unwrap_or(0.0);
-        if !(0.0..=1.0).contains(&panic_threshold) {
-            self.err(
-                &format!("{p}.spillover.panic_threshold"),
-                "must be between 0.0 and 1.0",
-            );
-        }
-        let panic = match sp.panic.as_deref() {
-            None | Some("fail_open") => PanicMode::FailOpen,
-            Some("fail_closed") => PanicMode::FailClosed,
-            Some(o) => {
-                self.err(
-                    &format!("{p}.spillover.panic"),
-                    format!("`{o}`: expected \"fail_open\" or \"fail_closed\""),
-                );
-                PanicMode::FailOpen
-            }
-        };
-        let spill = SpillPolicy {
-            overprovisioning,
-            panic_threshold,
-            panic,
-            failback_delay_ms: self
-                .duration(
-                    &format!("{p}.spillover.failback_delay"),
-                    &sp.failback_delay,
-                    Duration::from_secs(30),
-                )
-                .as_millis() as u64,
-            slow_start_ms: self
-                .duration(
-                    &format!("{p}.spillover.slow_start"),
-                    &sp.slow_start,
-                    Duration::ZERO,
-                )
-                .as_millis() as u64,
-        };
-        let retry = self.retry(&p, &s.retry);
-        let ut = &s.upstream_tls;
-        if ut.client_cert.is_some() != ut.client_key.is_some() {
-            self.err(
-                &format!("{p}.upstream_tls"),
-                "set both client_cert and client_key, or neither",
-            );
-        }
-        let key = PoolKey {
-            ca: ut.ca.as_deref().map(|c| self.path(c)),
-            server_name: ut.server_name.clone(),
-            client_cert: ut
-                .client_cert
-                .as_deref()
-                .zip(ut.client_key.as_deref())
-                .map(|(c, k)| (self.path(c), self.path(k))),
-            http2_prior_knowledge: s.http2 && any_http && !any_https,
-            http2_alpn: s.http2,
-            connect_timeout: settings.timeouts.upstream_connect,
-            idle_timeout: settings.timeouts.upstream_idle,
-            max_idle: settings.limits.max_idle_upstream_per_host,
-            backends: {
-                let mut names: Vec<String> = backends.iter().map(|b| b.name.to_string()).collect();
-                names.sort();
-                names
-            },
-        };
-        if s.http2 && any_http && any_https {
-            self.err(
-                &format!("{p}.http2"),
-                "http2 needs all backends https (ALPN) or all http (prior knowledge)",
-            );
-        }
-        let client = match self.ctx.pool.client(&key) {
-            Ok(c) => c,
-            Err(e) => {
-                self.err(&format!("{p}.upstream_tls"), e);
-                return None;
-            }
-        };
-        pool_keys.push(key.clone());
-        if self.errors.len() != errors_before {
-            return None;
-        }
-        let regions = regions
-            .into_iter()
-            .map(|(region, idx)| build_region(region, idx, &backends))
-            .collect();
-        Some(Service {
-            name: name.into(),
-            lb: s.lb,
-            hash_key,
-            backends: backends.into(),
-            regions,
-            client,
-            pool_key: key,
-            passive,
-            spill,
-            retry,
-            check,
-            active: AtomicU32::new(0),
-            retries_active: AtomicU32::new(0),
-            draws: std::sync::atomic::AtomicU64::new(0),
-        })
+        set
     }
 
-    fn check(&mut self, p: &str, h: &file::HealthFile) -> Option<CheckSpec> {
-        let hp = format!("{p}.health");
-        let kind = match h.kind.as_deref() {
-            Some("none") => return None,
-            Some("tcp") => CheckKind::Tcp,
-            None if h.path.is_none() => return None,
-            None | Some("http") => {
-                let method = match h.method.as_deref().unwrap_or("GET").parse::<Method>() {
-                    Ok(m) => m,
-                    Err(_) => {
-                        self.err(&format!("{hp}.method"), "not an HTTP method");
-                        Method::GET
-                    }
-                };
-                let path = h.path.clone().unwrap_or_else(|| "/".into());
-                if !path.starts_with('/') {
-                    self.err(&format!("{hp}.path"), "must start with `/`");
+    /// A backend's scheme, authority and label from exactly one of `address` and `url`.
+    fn backend_target(&mut self, bp: &str, b: &BackendFile) -> Option<(Scheme, Authority, String)> {
+        match (&b.address, &b.url) {
+            (Some(a), None) => match a.parse::<Authority>() {
+                Ok(auth) if auth.port_u16().is_some() => Some((Scheme::HTTP, auth, a.clone())),
+                _ => {
+                    self.err(&format!("{bp}.address"), format!("`{a}` is not host:port"));
+                    None
                 }
-                let mut expect = Vec::new();
-                for (i, e) in h
-                    .expect
-                    .clone()
-                    .unwrap_or_else(|| vec!["200-399".into()])
-                    .iter()
-                    .enumerate()
+            },
+            (None, Some(u)) => match u.parse::<Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some()
+                        && uri.path() == "/" =>
                 {
-                    let parsed = match e.split_once('-') {
-                        Some((a, b)) => a.trim().parse().ok().zip(b.trim().parse().ok()),
-                        None => e.trim().parse().ok().map(|x| (x, x)),
-                    };
-                    match parsed {
-                        Some((a, b)) if (100..=599).contains(&a) && a <= b && b <= 599 => {
-                            expect.push((a, b))
-                        }
-                        _ => self.err(
-                            &format!("{hp}.expect[{i}]"),
-                            format!("`{e}` is not a status or range like \"200-399\""),
-                        ),
-                    }
+                    let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+                    let authority = uri.authority().cloned().expect("checked");
+                    Some((scheme, authority, u.clone()))
                 }
-                CheckKind::Http {
-                    method,
-                    path,
-                    host: h.host.clone(),
-                    expect,
+                _ => {
+                    self.err(
+                        &format!("{bp}.url"),
+                        format!("`{u}` is not an http:// or https:// URL without a path"),
+                    );
+                    None
                 }
+            },
+            _ => {
+                self.err(bp, "set exactly one of `address` and `url`");
+                None
             }
-            Some(o) => {
-                self.err(
-                    &format!("{hp}.kind"),
-                    format!("`{o}`: expected \"http\", \"tcp\" or \"none\""),
-                );
-                return None;
-            }
+        }
+    }
+
+    fn check(&mut self, p: &str, h: &HealthFile) -> Option<CheckSpec> {
+        let hp = format!("{p}.health");
+        let kind = match h.kind {
+            Some(HealthKindFile::None) => return None,
+            Some(HealthKindFile::Tcp) => CheckKind::Tcp,
+            None if h.path.is_none() => return None,
+            None | Some(HealthKindFile::Http) => self.http_check(&hp, h),
         };
         let interval = self.duration(
             &format!("{hp}.interval"),
@@ -378,18 +280,121 @@ impl Compiler<'_, '_> {
                 "interval, unhealthy_interval and timeout must be greater than zero",
             );
         }
-        if let Some(init) = &h.initial {
-            if init != "healthy" && init != "unhealthy" {
-                self.err(
-                    &format!("{hp}.initial"),
-                    "expected \"healthy\" or \"unhealthy\"",
-                );
-            }
-        }
         Some(spec)
     }
 
-    fn retry(&mut self, p: &str, r: &file::RetryFile) -> RetryPolicy {
+    /// The HTTP probe of `health`: method, path and healthy status ranges.
+    fn http_check(&mut self, hp: &str, h: &HealthFile) -> CheckKind {
+        let method = match h.method.as_deref().unwrap_or("GET").parse::<Method>() {
+            Ok(m) => m,
+            Err(_) => {
+                self.err(&format!("{hp}.method"), "not an HTTP method");
+                Method::GET
+            }
+        };
+        let path = h.path.clone().unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') {
+            self.err(&format!("{hp}.path"), "must start with `/`");
+        }
+        let default_expect = ["200-399".to_owned()];
+        let mut expect = Vec::new();
+        for (i, e) in h
+            .expect
+            .as_deref()
+            .unwrap_or(&default_expect)
+            .iter()
+            .enumerate()
+        {
+            let parsed = match e.split_once('-') {
+                Some((a, b)) => a.trim().parse().ok().zip(b.trim().parse().ok()),
+                None => e.trim().parse().ok().map(|x| (x, x)),
+            };
+            match parsed {
+                Some((a, b)) if (100..=599).contains(&a) && a <= b && b <= 599 => {
+                    expect.push((a, b))
+                }
+                _ => self.err(
+                    &format!("{hp}.expect[{i}]"),
+                    format!("`{e}` is not a status or range like \"200-399\""),
+                ),
+            }
+        }
+        CheckKind::Http {
+            method,
+            path,
+            host: h.host.clone(),
+            expect,
+        }
+    }
+
+    fn passive(&mut self, p: &str, pv: &PassiveFile) -> PassivePolicy {
+        if pv.max_ejection_percent.is_some_and(|v| v > 100) {
+            self.err(
+                &format!("{p}.passive.max_ejection_percent"),
+                "must be 0..=100",
+            );
+        }
+        PassivePolicy {
+            consecutive_failures: pv.consecutive_failures.unwrap_or(5),
+            on_5xx: pv.on_5xx.unwrap_or(false),
+            base_ejection_ms: self
+                .duration(
+                    &format!("{p}.passive.base_ejection"),
+                    &pv.base_ejection,
+                    Duration::from_secs(30),
+                )
+                .as_millis() as u64,
+            max_ejection_ms: self
+                .duration(
+                    &format!("{p}.passive.max_ejection"),
+                    &pv.max_ejection,
+                    Duration::from_secs(300),
+                )
+                .as_millis() as u64,
+            max_ejection_percent: pv.max_ejection_percent.unwrap_or(50),
+        }
+    }
+
+    fn spill(&mut self, p: &str, sp: &SpilloverFile) -> SpillPolicy {
+        let overprovisioning = sp.overprovisioning.unwrap_or(1.4);
+        if !(1.0..=10.0).contains(&overprovisioning) {
+            self.err(
+                &format!("{p}.spillover.overprovisioning"),
+                "must be between 1.0 and 10.0",
+            );
+        }
+        let panic_threshold = sp.panic_threshold.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&panic_threshold) {
+            self.err(
+                &format!("{p}.spillover.panic_threshold"),
+                "must be between 0.0 and 1.0",
+            );
+        }
+        SpillPolicy {
+            overprovisioning,
+            panic_threshold,
+            panic: match sp.panic {
+                PanicFile::FailOpen => PanicMode::FailOpen,
+                PanicFile::FailClosed => PanicMode::FailClosed,
+            },
+            failback_delay_ms: self
+                .duration(
+                    &format!("{p}.spillover.failback_delay"),
+                    &sp.failback_delay,
+                    Duration::from_secs(30),
+                )
+                .as_millis() as u64,
+            slow_start_ms: self
+                .duration(
+                    &format!("{p}.spillover.slow_start"),
+                    &sp.slow_start,
+                    Duration::ZERO,
+                )
+                .as_millis() as u64,
+        }
+    }
+
+    fn retry(&mut self, p: &str, r: &RetryFile) -> RetryPolicy {
         let attempts = r.attempts.unwrap_or(3) as usize;
         if !(1..=MAX_ATTEMPTS).contains(&attempts) {
             self.err(
@@ -407,23 +412,13 @@ impl Compiler<'_, '_> {
             min_retries: r.min_retries.unwrap_or(3),
             buffer_bytes: r.buffer_bytes.unwrap_or(64 * 1024),
         };
-        let on = r
-            .on
-            .clone()
-            .unwrap_or_else(|| vec!["connect".into(), "reset".into(), "502".into(), "503".into()]);
         let mut statuses = Vec::new();
-        for (i, o) in on.iter().enumerate() {
-            match o.as_str() {
-                "connect" => pol.on_connect = true,
-                "reset" => pol.on_reset = true,
-                "timeout" => pol.on_timeout = true,
-                s => match s.parse::<u16>() {
-                    Ok(code) if (500..=599).contains(&code) => statuses.push(code),
-                    _ => self.err(
-                        &format!("{p}.retry.on[{i}]"),
-                        format!("`{s}`: expected connect, reset, timeout or a 5xx status"),
-                    ),
-                },
+        for on in r.on.as_deref().unwrap_or(&DEFAULT_RETRY_ON) {
+            match on {
+                RetryOnFile::Connect => pol.on_connect = true,
+                RetryOnFile::Reset => pol.on_reset = true,
+                RetryOnFile::Timeout => pol.on_timeout = true,
+                RetryOnFile::Status(code) => statuses.push(*code),
             }
         }
         pol.on_status = statuses.into();
@@ -432,8 +427,48 @@ impl Compiler<'_, '_> {
         }
         pol
     }
-}
 
+    /// The identity of the service's connection pool (`upstream_tls`, HTTP/2, timeouts).
+    fn pool_key(
+        &mut self,
+        p: &str,
+        s: &ServiceFile,
+        settings: &Settings,
+        set: &BackendSet,
+    ) -> PoolKey {
+        let ut = &s.upstream_tls;
+        if ut.client_cert.is_some() != ut.client_key.is_some() {
+            self.err(
+                &format!("{p}.upstream_tls"),
+                "set both client_cert and client_key, or neither",
+            );
+        }
+        let mut backends: Vec<String> = set.backends.iter().map(|b| b.name.to_string()).collect();
+        backends.sort();
+        let key = PoolKey {
+            ca: ut.ca.as_deref().map(|c| self.path(c)),
+            server_name: ut.server_name.clone(),
+            client_cert: ut
+                .client_cert
+                .as_deref()
+                .zip(ut.client_key.as_deref())
+                .map(|(c, k)| (self.path(c), self.path(k))),
+            http2_prior_knowledge: s.http2 && set.any_http && !set.any_https,
+            http2_alpn: s.http2,
+            connect_timeout: settings.timeouts.upstream_connect,
+            idle_timeout: settings.timeouts.upstream_idle,
+            max_idle: settings.limits.max_idle_upstream_per_host,
+            backends,
+        };
+        if s.http2 && set.any_http && set.any_https {
+            self.err(
+                &format!("{p}.http2"),
+                "http2 needs all backends https (ALPN) or all http (prior knowledge)",
+            );
+        }
+        key
+    }
+}
 fn build_region(region: usize, idx: Vec<usize>, backends: &[Backend]) -> ServiceRegion {
     let total_weight = idx.iter().map(|&b| u64::from(backends[b].weight)).sum();
     // Interleaved weighted schedule (smooth weighted round robin, precomputed).

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -24,8 +25,20 @@ const ORIGINS: [(&str, &str, &str); 4] = [
     ("ap-southeast", "sin-2", "127.0.0.1:9202"),
 ];
 
+/// The demo's pretend database: which region holds the primary, and how far the replica
+/// region lags. Every origin reports it in its health answers (`X-Db-Role`,
+/// `X-Db-Replica-Lag`), as an application in front of RDS + DTS would.
+struct DemoDb {
+    primary: Mutex<&'static str>,
+    lag_ms: AtomicU64,
+}
+
 pub async fn run() -> Result<()> {
     let mut regions: HashMap<&'static str, Arc<AtomicBool>> = HashMap::new();
+    let db = Arc::new(DemoDb {
+        primary: Mutex::new("eu-central"),
+        lag_ms: AtomicU64::new(3_000),
+    });
     for (region, name, addr) in ORIGINS {
         let up = regions
             .entry(region)
@@ -34,8 +47,9 @@ pub async fn run() -> Result<()> {
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("demo origin {name} on {addr}"))?;
+        let db = db.clone();
         tokio::spawn(serve(l, move |req: Request<Incoming>| {
-            origin(req, region, name, &up)
+            origin(req, region, name, &up, &db)
         }));
     }
     let control = TcpListener::bind(CONTROL)
@@ -43,8 +57,9 @@ pub async fn run() -> Result<()> {
         .with_context(|| format!("demo control on {CONTROL}"))?;
     let regions = Arc::new(regions);
     let r2 = regions.clone();
+    let db2 = db.clone();
     tokio::spawn(serve(control, move |req: Request<Incoming>| {
-        control_req(req, &r2)
+        control_req(req, &r2, &db2)
     }));
 
     let running = geolb::App::start(geolb::Options {
@@ -74,6 +89,17 @@ geolb trusts X-Forwarded-For from loopback, so you can pretend to be anywhere:
   curl --cacert certs-dev/ca.pem https://localhost:{hp}/ -H 'X-Forwarded-For: 41.0.0.1'      # S.Africa -> eu-central
   curl --cacert certs-dev/ca.pem --http2 https://localhost:{hp}/ -H 'X-Forwarded-For: 2001:200::1'  # IPv6 Japan
 
+The database is primary in eu-central, with a replica in ap-southeast 3 s behind. Writes
+go to the primary from anywhere; a client's reads after its write avoid the stale replica
+until it has caught up (a signed cookie), then return to the nearest region:
+
+  curl --cacert certs-dev/ca.pem -c /tmp/geolb-demo.jar -X POST https://localhost:{hp}/orders -H 'X-Forwarded-For: 133.1.1.1'  # Japan write -> eu-central
+  curl --cacert certs-dev/ca.pem -b /tmp/geolb-demo.jar https://localhost:{hp}/orders -H 'X-Forwarded-For: 133.1.1.1'           # read now  -> eu-central
+  sleep 5; curl --cacert certs-dev/ca.pem -b /tmp/geolb-demo.jar https://localhost:{hp}/orders -H 'X-Forwarded-For: 133.1.1.1'  # caught up -> ap-southeast
+  curl -X POST http://{CONTROL}/primary/ap-southeast   # fail the database over: writes follow within two checks
+  curl -X POST http://{CONTROL}/lag/60                 # a replica 60 s behind: reads skip it (max_read_lag 30s)
+  http://{admin}/explain?ip=133.1.1.1&host=localhost&method=POST   # why
+
 Take a region down and watch its clients spill to the other one, then bring it back:
 
   curl -X POST http://{CONTROL}/regions/eu-central/down
@@ -88,7 +114,7 @@ Ctrl-C stops everything.
             a.port()
         )),
     );
-    crate::wait_for_signals(&running).await?;
+    running.wait_for_signals().await?;
     running.shutdown().await;
     Ok(())
 }
@@ -120,12 +146,19 @@ fn origin(
     region: &str,
     name: &str,
     up: &AtomicBool,
+    db: &DemoDb,
 ) -> Response<Full<Bytes>> {
     if !up.load(Ordering::Relaxed) {
         let mut r = Response::new(Full::new(Bytes::from_static(b"region is down (demo)\n")));
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return r;
     }
+    let primary = *db.primary.lock().unwrap_or_else(|e| e.into_inner()) == region;
+    let (role, lag) = if primary {
+        ("primary", 0)
+    } else {
+        ("replica", db.lag_ms.load(Ordering::Relaxed))
+    };
     let mut body = format!(
         "region: {region}\nbackend: {name}\n{} {}\nheaders received:\n",
         req.method(),
@@ -135,19 +168,39 @@ fn origin(
         body.push_str(&format!("  {k}: {}\n", v.to_str().unwrap_or("<binary>")));
     }
     let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         "x-demo-region",
         http::HeaderValue::from_str(region).unwrap_or(http::HeaderValue::from_static("?")),
     );
+    h.insert("x-db-role", http::HeaderValue::from_static(role));
+    if let Ok(v) = http::HeaderValue::from_str(&format!("{:.3}", lag as f64 / 1000.0)) {
+        h.insert("x-db-replica-lag", v);
+    }
     r
 }
 
 fn control_req(
     req: Request<Incoming>,
     regions: &HashMap<&'static str, Arc<AtomicBool>>,
+    db: &DemoDb,
 ) -> Response<Full<Bytes>> {
     let parts: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
     let msg = match parts.as_slice() {
+        ["primary", region] => match regions.keys().find(|k| **k == *region).copied() {
+            Some(name) => {
+                *db.primary.lock().unwrap_or_else(|e| e.into_inner()) = name;
+                format!("the database primary is now in {name}\n")
+            }
+            None => format!("unknown region {region}\n"),
+        },
+        ["lag", secs] => match secs.parse::<f64>() {
+            Ok(s) if (0.0..1e6).contains(&s) => {
+                db.lag_ms.store((s * 1000.0) as u64, Ordering::Relaxed);
+                format!("the replica now lags {s} s\n")
+            }
+            _ => "use POST /lag/<seconds>\n".into(),
+        },
         ["regions", region, state @ ("up" | "down")] => match regions.get(region) {
             Some(flag) => {
                 flag.store(*state == "up", Ordering::Relaxed);
@@ -155,7 +208,7 @@ fn control_req(
             }
             None => format!("unknown region {region}\n"),
         },
-        _ => "use POST /regions/<eu-central|ap-southeast>/<up|down>\n".into(),
+        _ => "use POST /regions/<eu-central|ap-southeast>/<up|down>, /primary/<region> or /lag/<seconds>\n".into(),
     };
     Response::new(Full::new(Bytes::from(msg)))
 }

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::time::now_ms;
 
+pub mod db;
+
 /// Passive ejection settings for one service.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PassivePolicy {
@@ -42,6 +44,8 @@ pub struct BackendHealth {
     pub inflight: AtomicU32,
     /// State changes, for operators.
     pub transitions: AtomicU64,
+    /// The backend's database role and lag, from its health answers.
+    pub db: db::DbReport,
 }
 
 impl BackendHealth {
@@ -57,6 +61,7 @@ impl BackendHealth {
             ejections: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
             transitions: AtomicU64::new(0),
+            db: db::DbReport::default(),
         }
     }
 
@@ -160,10 +165,12 @@ impl BackendHealth {
     }
 }
 
-/// Health state by backend identity, shared by every compiled snapshot.
+/// Health state by backend identity, and data-layer state by (service, region), shared by
+/// every compiled snapshot.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
     map: Mutex<HashMap<String, Weak<BackendHealth>>>,
+    regions: db::DbRegistry,
 }
 
 impl HealthRegistry {
@@ -177,6 +184,11 @@ impl HealthRegistry {
         map.insert(key.to_owned(), Arc::downgrade(&h));
         map.retain(|_, w| w.strong_count() > 0);
         h
+    }
+
+    /// The data-layer state of `service|region`, created when no live snapshot holds it.
+    pub fn region_db(&self, key: &str) -> Arc<db::RegionDb> {
+        self.regions.get_or_create(key)
     }
 }
 

@@ -36,7 +36,8 @@ pub mod time;
 pub(crate) mod tls;
 pub(crate) mod upstream;
 
-pub use control::app::{App, Options, ReloadStatus, Running, Shared, StartError};
+pub use control::app::{App, Options, Running, StartError};
+pub use control::shared::{ReloadStatus, Shared};
 pub use control::{config, explain};
 pub use proxy::{Edge, ListenerKind, headers};
 pub use upstream::UpstreamPool;

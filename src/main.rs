@@ -50,6 +50,12 @@ enum Cmd {
         host: String,
         #[arg(long, default_value = "/")]
         path: String,
+        /// Request method: with a data layer, writes and reads route differently.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Explain a read by a client that wrote this many seconds ago (read-your-writes).
+        #[arg(long)]
+        wrote_secs_ago: Option<f64>,
     },
 }
 
@@ -79,7 +85,24 @@ fn real_main() -> Result<()> {
             admin,
             token,
         }) => std::process::exit(check(&file, diff, admin, token.as_deref())),
-        Some(Cmd::Explain { ip, host, path }) => explain(&cli.config, ip, &host, &path),
+        Some(Cmd::Explain {
+            ip,
+            host,
+            path,
+            method,
+            wrote_secs_ago,
+        }) => {
+            let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .context("--method")?;
+            let q = geolb::explain::Query {
+                ip,
+                host: &host,
+                path: &path,
+                method,
+                wrote_secs_ago,
+            };
+            explain(&cli.config, &q)
+        }
         Some(Cmd::Demo) => {
             init_tracing();
             runtime()?.block_on(demo::run())
@@ -130,28 +153,10 @@ pub async fn run(config: PathBuf, watch: bool) -> Result<()> {
             tracing::info!("{name} listener on {a}");
         }
     }
-    wait_for_signals(&running).await?;
+    running.wait_for_signals().await?;
     tracing::info!("shutting down: draining in-flight requests");
     running.shutdown().await;
     Ok(())
-}
-
-/// Returns on SIGTERM/SIGINT; reloads on SIGHUP.
-pub async fn wait_for_signals(running: &geolb::Running) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading configuration");
-                let _ = running.shared.reload().await;
-            }
-        }
-    }
 }
 
 fn compile_offline(
@@ -231,7 +236,7 @@ fn fetch_running_view(admin: &str, token: Option<&str>) -> Result<geolb::config:
     })
 }
 
-fn explain(config: &std::path::Path, ip: IpAddr, host: &str, path: &str) -> Result<()> {
+fn explain(config: &std::path::Path, q: &geolb::explain::Query<'_>) -> Result<()> {
     let c = compile_offline(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let geo = match c.geo.clone() {
         Some(g) => g,
@@ -246,7 +251,7 @@ fn explain(config: &std::path::Path, ip: IpAddr, host: &str, path: &str) -> Resu
         summary: c.summary,
         pool_keys: c.pool_keys,
     };
-    let v = geolb::explain::explain(&snap, ip, host, path);
+    let v = geolb::explain::explain_query(&snap, q);
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }

@@ -14,17 +14,26 @@ use metrics::SharedString;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::control::app::Shared;
 use crate::control::explain;
+use crate::control::shared::Shared;
 use crate::observe::metrics::{
-    BACKEND_EJECTED, BACKEND_INFLIGHT, BACKEND_UP, REGION_HEALTH, REGION_STATE,
-    REGION_TRAFFIC_SHARE,
+    BACKEND_EJECTED, BACKEND_INFLIGHT, BACKEND_UP, DATA_SPLIT_BRAIN, PRIMARY_REGION, REGION_HEALTH,
+    REGION_REPLICA_LAG, REGION_STATE, REGION_TRAFFIC_SHARE,
 };
 use crate::route::Snapshot;
 use crate::time::now_ms;
 use crate::time::unix_now;
 
 type AdminResp = Response<Full<Bytes>>;
+
+/// [`serve`] as the boxed future `Shared` keeps a pointer to.
+pub(crate) fn server(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(serve(listener, shared, stop))
+}
 
 /// Serve the admin listener until `stop` (moved) or hard shutdown.
 pub(crate) async fn serve(
@@ -209,7 +218,27 @@ fn explain_query(q: &str, snap: &Snapshot) -> AdminResp {
     };
     let host = query(q, "host").unwrap_or_default();
     let path = query(q, "path").unwrap_or_else(|| "/".into());
-    json_resp(StatusCode::OK, &explain::explain(snap, ip, &host, &path))
+    let method = match query(q, "method")
+        .map(|m| http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()))
+    {
+        None => Method::GET,
+        Some(Ok(m)) => m,
+        Some(Err(_)) => {
+            return json_resp(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "invalid ?method="}),
+            );
+        }
+    };
+    let wrote_secs_ago = query(q, "wrote_secs_ago").and_then(|s| s.parse::<f64>().ok());
+    let query = explain::Query {
+        ip,
+        host: &host,
+        path: &path,
+        method,
+        wrote_secs_ago,
+    };
+    json_resp(StatusCode::OK, &explain::explain_query(snap, &query))
 }
 
 /// `POST /reload`: the same path as a file change or SIGHUP.
@@ -235,6 +264,9 @@ fn update_gauges(snap: &Snapshot) {
     let now = now_ms();
     for svc in snap.table.services.iter() {
         let s = SharedString::from_shared(svc.name.clone());
+        if let Some(policy) = &svc.data {
+            data_gauges(snap, svc, policy, &s, now);
+        }
         for (sr, r) in svc.regions.iter().enumerate() {
             let region = SharedString::from_shared(snap.table.regions[r.region].name.clone());
             metrics::gauge!(REGION_HEALTH, "service" => s.clone(), "region" => region.clone())
@@ -280,5 +312,39 @@ fn update_gauges(snap: &Snapshot) {
                 ));
             }
         }
+    }
+}
+
+/// Primary, split brain and replica lag of a service with a data layer.
+fn data_gauges(
+    snap: &Snapshot,
+    svc: &crate::route::Service,
+    policy: &crate::route::data::DataPolicy,
+    s: &SharedString,
+    now: u64,
+) {
+    use crate::route::data::{self, Primary};
+    let primary = data::primary(svc, policy, now);
+    metrics::gauge!(DATA_SPLIT_BRAIN, "service" => s.clone()).set(
+        if primary == Primary::SplitBrain {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    for (sr, r) in svc.regions.iter().enumerate() {
+        let region = SharedString::from_shared(snap.table.regions[r.region].name.clone());
+        let lag = data::region_view(svc, sr, now)
+            .lag_ms
+            .map_or(f64::NAN, |l| l as f64 / 1000.0);
+        metrics::gauge!(REGION_REPLICA_LAG, "service" => s.clone(), "region" => region.clone())
+            .set(lag);
+        metrics::gauge!(PRIMARY_REGION, "service" => s.clone(), "region" => region).set(
+            if primary == Primary::One(sr) {
+                1.0
+            } else {
+                0.0
+            },
+        );
     }
 }

@@ -5,25 +5,37 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Uri, header};
+use http::{HeaderMap, HeaderName, Request, Uri, header};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::health::BackendHealth;
+use crate::health::db::DbRole;
 use crate::observe::events::EventLog;
 use crate::route::select::rand_f64;
 use crate::route::{CheckKind, CheckSpec, RoutingTable};
+use crate::time::unix_ms;
 use crate::upstream::body::ReqBody;
 use crate::upstream::{PoolKey, UpstreamClient};
+
+/// What a running probe was started with, and its cancel token.
+type Running = (
+    CheckSpec,
+    PoolKey,
+    Option<(HeaderName, HeaderName)>,
+    CancellationToken,
+);
 
 /// Running probe tasks by backend identity.
 pub(crate) struct Checker {
     /// Probe tasks by backend identity, with what they were started with.
-    running: HashMap<String, (CheckSpec, PoolKey, CancellationToken)>,
+    running: HashMap<String, Running>,
     events: Arc<EventLog>,
 }
 
 struct Target {
+    /// Health-answer headers carrying the database role and lag (services with a data layer).
+    report: Option<(HeaderName, HeaderName)>,
     service: Arc<str>,
     backend: Arc<str>,
     scheme: Scheme,
@@ -53,6 +65,10 @@ impl Checker {
             for b in svc.backends.iter() {
                 let key = format!("{}|{}", svc.name, b.name);
                 let target = Target {
+                    report: svc
+                        .data
+                        .as_ref()
+                        .map(|d| (d.role_header.clone(), d.lag_header.clone())),
                     service: svc.name.clone(),
                     backend: b.name.clone(),
                     scheme: b.scheme.clone(),
@@ -65,10 +81,10 @@ impl Checker {
         }
         // A probe restarts when its check or its connection pool changed (so it never keeps
         // an old pool, and that pool's connections, alive).
-        self.running.retain(|key, (spec, client, token)| {
+        self.running.retain(|key, (spec, client, report, token)| {
             let keep = wanted
                 .get(key)
-                .is_some_and(|(s, c, _)| s == spec && c == client);
+                .is_some_and(|(s, c, t)| s == spec && c == client && t.report == *report);
             if !keep {
                 token.cancel();
             }
@@ -79,13 +95,14 @@ impl Checker {
                 continue;
             }
             let token = parent.child_token();
+            let report = target.report.clone();
             tasks.spawn(probe_loop(
                 spec.clone(),
                 target,
                 token.clone(),
                 self.events.clone(),
             ));
-            self.running.insert(key, (spec, client, token));
+            self.running.insert(key, (spec, client, report, token));
         }
     }
 }
@@ -103,6 +120,8 @@ async fn probe_loop(spec: CheckSpec, t: Target, cancel: CancellationToken, event
             _ = cancel.cancelled() => return,
         };
         if let Some(up) = t.health.observe_check(ok, spec.rise, spec.fall) {
+            // Held writes wait for a primary region to become available.
+            crate::health::db::notify_changed();
             if up {
                 tracing::info!(service = %t.service, backend = %t.backend, "backend is healthy");
             } else {
@@ -120,6 +139,28 @@ async fn probe_loop(spec: CheckSpec, t: Target, cancel: CancellationToken, event
             spec.unhealthy_interval
         };
         wait = base.mul_f64(0.85 + 0.3 * rand_f64());
+    }
+}
+
+/// Record the database role and lag a health answer reports (`X-Db-Role: primary|replica`,
+/// `X-Db-Replica-Lag: 1.25` seconds). A failed check or a missing role forgets the report.
+fn record_db(t: &Target, h: &HeaderMap, role: &HeaderName, lag: &HeaderName, ok: bool) {
+    let role_v = h
+        .get(role)
+        .and_then(|v| v.to_str().ok())
+        .map_or(DbRole::Unknown, DbRole::parse);
+    if !ok || role_v == DbRole::Unknown {
+        t.health.db.clear();
+        return;
+    }
+    let lag_ms = h
+        .get(lag)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|l| l.is_finite() && *l >= 0.0 && *l < 1e9)
+        .map(|l| (l * 1000.0).round() as u64);
+    if t.health.db.record(role_v, lag_ms, unix_ms()) {
+        tracing::info!(service = %t.service, backend = %t.backend, role = role_v.as_str(), "backend reports a new database role");
     }
 }
 
@@ -162,8 +203,12 @@ async fn probe(spec: &CheckSpec, t: &Target) -> bool {
             match tokio::time::timeout(spec.timeout, t.client.request(req)).await {
                 Ok(Ok(resp)) => {
                     let s = resp.status().as_u16();
+                    let ok = expect.iter().any(|(a, b)| (*a..=*b).contains(&s));
+                    if let Some((role, lag)) = &t.report {
+                        record_db(t, resp.headers(), role, lag, ok);
+                    }
                     // Drain nothing: dropping the body closes or returns the connection.
-                    expect.iter().any(|(a, b)| (*a..=*b).contains(&s))
+                    ok
                 }
                 _ => false,
             }

@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 
 use crate::route::Service;
 use crate::route::Snapshot;
+use crate::route::data::{self, DataPolicy, Primary, Skip, WriteMode};
 use crate::route::select::{self, effective_weight, region_health};
-use crate::time::now_ms;
+use crate::time::{now_ms, unix_ms};
 
 /// Region state as operators see it.
 pub fn region_state(svc: &Service, sr: usize, now: u64) -> &'static str {
@@ -30,9 +31,39 @@ pub fn region_state(svc: &Service, sr: usize, now: u64) -> &'static str {
     }
 }
 
-/// Why a request from `ip` to `host` + `path` would go where it goes.
+/// A request to explain.
+#[derive(Debug, Clone)]
+pub struct Query<'a> {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// Host (with or without port).
+    pub host: &'a str,
+    /// Request path.
+    pub path: &'a str,
+    /// Request method (reads and writes route differently with a data layer).
+    pub method: http::Method,
+    /// The client wrote this many seconds ago (as if it carried a read-your-writes cookie).
+    pub wrote_secs_ago: Option<f64>,
+}
+
+/// Why a GET from `ip` to `host` + `path` would go where it goes.
 pub fn explain(snap: &Snapshot, ip: IpAddr, host: &str, path: &str) -> Value {
-    let ip = ip.to_canonical();
+    explain_query(
+        snap,
+        &Query {
+            ip,
+            host,
+            path,
+            method: http::Method::GET,
+            wrote_secs_ago: None,
+        },
+    )
+}
+
+/// Why a request would go where it goes: geo, route, region order with each region's
+/// health, share and (with a data layer) database role, lag and skip reason.
+pub fn explain_query(snap: &Snapshot, q: &Query<'_>) -> Value {
+    let ip = q.ip.to_canonical();
     let loc = snap.geo.locate(ip);
     let geo = json!({
         "ip": ip.to_string(),
@@ -45,36 +76,23 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, host: &str, path: &str) -> Value {
         "database": snap.geo.info(),
     });
     let mut b = [0u8; 256];
-    let host_n = crate::route::normalize_host(host, &mut b)
+    let host_n = crate::route::normalize_host(q.host, &mut b)
         .unwrap_or("")
         .to_owned();
-    let Some(route) = snap.table.match_route(&host_n, path) else {
+    let Some(route) = snap.table.match_route(&host_n, q.path) else {
         return json!({ "geo": geo, "route": Value::Null, "error": "no route matches this host and path" });
     };
     let svc = &route.service;
     let now = now_ms();
-    let order = select::order_regions(route, &snap.table.regions, ip, loc.as_ref());
+    let full = select::order_regions(route, &snap.table.regions, ip, loc.as_ref());
+    let mut order = full;
+    let data = svc
+        .data
+        .as_ref()
+        .map(|policy| explain_data(snap, route, policy, q, &mut order, now));
     let (shares, panic) = select::shares(svc, &order, now);
     let candidates: Vec<Value> = (0..order.len)
-        .map(|p| {
-            let sr = order.idx[p];
-            let region = &snap.table.regions[svc.regions[sr].region];
-            let d = order.dist_km[p];
-            json!({
-                "region": &*region.name,
-                "position": p,
-                "distance_km": (!d.is_nan()).then(|| (d * 10.0).round() / 10.0),
-                "bias": region.bias,
-                "health": region_health(svc, sr, now),
-                "state": region_state(svc, sr, now),
-                "share": shares[p],
-                "rule": order.rule.describe(),
-                "backends": svc.regions[sr].backends.iter().map(|&i| {
-                    let be = &svc.backends[i];
-                    json!({ "backend": &*be.name, "available": be.health.is_available(now), "weight": be.weight })
-                }).collect::<Vec<_>>(),
-            })
-        })
+        .map(|p| candidate(snap, svc, &order, p, shares[p], now))
         .collect();
     let chosen = select::pick(svc, &order, now, select::hash_ip(ip), &[]).ok().map(|p| {
         let be = &svc.backends[p.backend];
@@ -85,8 +103,118 @@ pub fn explain(snap: &Snapshot, ip: IpAddr, host: &str, path: &str) -> Value {
         "route": { "name": &*route.name, "service": &*svc.name, "lb": format!("{:?}", svc.lb) },
         "rule": order.rule.describe(),
         "panic": panic,
+        "data": data,
         "candidates": candidates,
         "chosen": chosen,
+    })
+}
+
+fn candidate(
+    snap: &Snapshot,
+    svc: &Service,
+    order: &select::RegionOrder,
+    p: usize,
+    share: f64,
+    now: u64,
+) -> Value {
+    let sr = order.idx[p];
+    let region = &snap.table.regions[svc.regions[sr].region];
+    let d = order.dist_km[p];
+    json!({
+        "region": &*region.name,
+        "position": p,
+        "distance_km": (!d.is_nan()).then(|| (d * 10.0).round() / 10.0),
+        "bias": region.bias,
+        "health": region_health(svc, sr, now),
+        "state": region_state(svc, sr, now),
+        "share": share,
+        "rule": order.rule.describe(),
+        "backends": svc.regions[sr].backends.iter().map(|&i| {
+            let be = &svc.backends[i];
+            json!({ "backend": &*be.name, "available": be.health.is_available(now), "weight": be.weight })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// The data layer's part of an explanation; narrows `order` as the request would.
+fn explain_data(
+    snap: &Snapshot,
+    route: &crate::route::Route,
+    policy: &DataPolicy,
+    q: &Query<'_>,
+    order: &mut select::RegionOrder,
+    now: u64,
+) -> Value {
+    let svc = &route.service;
+    let write = data::is_write(policy, route, &q.method, q.path);
+    let primary = data::primary(svc, policy, now);
+    let name = |sr: usize| snap.table.regions[svc.regions[sr].region].name.to_string();
+    let primary_v = match primary {
+        Primary::One(sr) => json!(name(sr)),
+        Primary::None => Value::Null,
+        Primary::SplitBrain => json!("split-brain"),
+    };
+    let write_ms = q
+        .wrote_secs_ago
+        .map(|s| unix_ms().saturating_sub((s.max(0.0) * 1000.0) as u64));
+    let regions: Vec<Value> = (0..svc.regions.len())
+        .map(|sr| {
+            let v = data::region_view(svc, sr, now);
+            let skip = (!write)
+                .then(|| data::read_skip(svc, policy, sr, primary, write_ms, now))
+                .flatten();
+            json!({
+                "region": name(sr),
+                "role": v.role.as_str(),
+                "lag_seconds": v.lag_ms.map(|l| l as f64 / 1000.0),
+                "skipped": skip.map(|s| match s { Skip::Lag => "lag above max_read_lag", Skip::Stale => "older than the client's last write" }),
+            })
+        })
+        .collect();
+    let mut note = Value::Null;
+    if write && policy.writes == WriteMode::Primary {
+        match primary {
+            Primary::One(sr) => order.retain(|x| x == sr),
+            _ => {
+                note = json!(
+                    "no primary now: the write would be held for write_hold, then answered 503"
+                )
+            }
+        }
+    } else if !write {
+        let (_, none_left) = data::filter_reads(svc, policy, order, write_ms, now);
+        if none_left {
+            note = json!("no region qualifies: the read goes to its normal order");
+        }
+    }
+    json!({
+        "request": if write { "write" } else { "read" },
+        "writes": match policy.writes { WriteMode::Any => "any", WriteMode::Primary => "primary" },
+        "primary": primary_v,
+        "regions": regions,
+        "note": note,
+    })
+}
+
+/// A service's data layer now: where writes go and each region's database.
+pub fn data_status(snap: &Snapshot, svc: &Service, policy: &DataPolicy, now: u64) -> Value {
+    let name = |sr: usize| snap.table.regions[svc.regions[sr].region].name.to_string();
+    let primary = data::primary(svc, policy, now);
+    json!({
+        "writes": match policy.writes { WriteMode::Any => "any", WriteMode::Primary => "primary" },
+        "primary": match primary { Primary::One(sr) => Some(name(sr)), _ => None },
+        "split_brain": primary == Primary::SplitBrain,
+        "max_read_lag_seconds": policy.max_read_lag_ms.map(|m| m as f64 / 1000.0),
+        "read_your_writes_seconds": policy.ryw.as_ref().map(|r| r.ttl_ms as f64 / 1000.0),
+        "regions": (0..svc.regions.len()).map(|sr| {
+            let v = data::region_view(svc, sr, now);
+            json!({
+                "region": name(sr),
+                "role": v.role.as_str(),
+                "lag_seconds": v.lag_ms.map(|l| l as f64 / 1000.0),
+                "skipped_for_lag": policy.regions[sr].lag_skipped.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        }).collect::<Vec<_>>(),
     })
 }
 
@@ -129,7 +257,12 @@ pub fn status(snap: &Snapshot) -> Value {
                     })
                 })
                 .collect();
-            json!({ "service": &*svc.name, "lb": format!("{:?}", svc.lb), "regions": regions })
+            json!({
+                "service": &*svc.name,
+                "lb": format!("{:?}", svc.lb),
+                "regions": regions,
+                "data": svc.data.as_ref().map(|p| data_status(snap, svc, p, now)),
+            })
         })
         .collect();
     json!({

@@ -7,4 +7,5 @@ pub(crate) mod checker;
 pub mod config;
 pub mod explain;
 pub(crate) mod reload;
+pub(crate) mod shared;
 pub(crate) mod status_page;

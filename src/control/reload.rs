@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
-use crate::control::app::Shared;
+use crate::control::shared::Shared;
 
 /// Quiet period after the last event before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(150);

@@ -33,6 +33,12 @@ pub(crate) const REGION_STATE: &str = "geolb_region_state";
 pub(crate) const REGION_TRAFFIC_SHARE: &str = "geolb_region_traffic_share";
 pub(crate) const GEO_COUNTRY_REQUESTS_TOTAL: &str = "geolb_geo_country_requests_total";
 pub(crate) const REQUESTS_ACTIVE: &str = "geolb_requests_active";
+pub(crate) const WRITE_REQUESTS_TOTAL: &str = "geolb_write_requests_total";
+pub(crate) const REGION_REPLICA_LAG: &str = "geolb_region_replica_lag_seconds";
+pub(crate) const PRIMARY_REGION: &str = "geolb_primary_region";
+pub(crate) const DATA_SPLIT_BRAIN: &str = "geolb_data_split_brain";
+pub(crate) const WRITE_HOLD_SECONDS: &str = "geolb_write_hold_seconds";
+pub(crate) const READ_YOUR_WRITES_TOTAL: &str = "geolb_read_your_writes_total";
 
 /// Countries that get their own label in `geolb_geo_country_requests_total`; the rest are
 /// counted as `other` (first come, first labelled; bounded cardinality).
@@ -154,6 +160,36 @@ fn describe_all() {
         "Requests by client country (the first 50 countries seen, then other; unknown)."
     );
     describe_gauge!(REQUESTS_ACTIVE, "Requests being served, by listener.");
+    describe_data();
+}
+
+/// The data layer's families.
+fn describe_data() {
+    describe_counter!(
+        WRITE_REQUESTS_TOTAL,
+        "Write requests of services with a primary, by service, region (none when held out) and outcome (served, failed, held_out)."
+    );
+    describe_gauge!(
+        REGION_REPLICA_LAG,
+        "Replica lag of a region's database as last reported, seconds (NaN when unknown)."
+    );
+    describe_gauge!(
+        PRIMARY_REGION,
+        "1 for the region that takes a service's writes now, else 0."
+    );
+    describe_gauge!(
+        DATA_SPLIT_BRAIN,
+        "1 while more than one region of a service reports a primary database (writes are held)."
+    );
+    describe_histogram!(
+        WRITE_HOLD_SECONDS,
+        metrics::Unit::Seconds,
+        "Time writes waited for a primary region, by service."
+    );
+    describe_counter!(
+        READ_YOUR_WRITES_TOTAL,
+        "Reads carrying a read-your-writes cookie, by service and decision (nearest, redirected, fallback, invalid)."
+    );
 }
 
 /// Status classes in label order.
@@ -203,6 +239,47 @@ impl GeoMetrics {
 impl Default for GeoMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Pre-bound data-layer handles for one service.
+#[derive(Debug, Clone)]
+pub(crate) struct DataMetrics {
+    /// Per service region (same index), then one for "none": served, failed, held_out.
+    pub(crate) writes: Box<[[Counter; 3]]>,
+    /// Time writes waited for a primary.
+    pub(crate) hold: Histogram,
+    /// Read-your-writes decisions: nearest, redirected, fallback, invalid.
+    pub(crate) ryw: [Counter; 4],
+}
+
+/// Write outcomes in label order.
+pub(crate) const WRITE_OUTCOMES: [&str; 3] = ["served", "failed", "held_out"];
+
+impl DataMetrics {
+    /// Handles for `service` over `regions` (names in service-region order).
+    pub(crate) fn new(
+        service: &SharedString,
+        regions: &[SharedString],
+        ryw: [&'static str; 4],
+    ) -> Self {
+        let none = SharedString::const_str("none");
+        let writes = regions
+            .iter()
+            .chain(std::iter::once(&none))
+            .map(|r| {
+                WRITE_OUTCOMES.map(|o| {
+                    counter!(WRITE_REQUESTS_TOTAL, "service" => service.clone(), "region" => r.clone(), "outcome" => o)
+                })
+            })
+            .collect();
+        DataMetrics {
+            writes,
+            hold: histogram!(WRITE_HOLD_SECONDS, "service" => service.clone()),
+            ryw: ryw.map(
+                |d| counter!(READ_YOUR_WRITES_TOTAL, "service" => service.clone(), "decision" => d),
+            ),
+        }
     }
 }
 

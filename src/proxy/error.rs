@@ -38,6 +38,8 @@ pub(crate) enum ProxyError {
     ClientBodyTimeout,
     #[error("retry budget exhausted")]
     RetryBudget,
+    #[error("no region holds the primary database (write held, then refused)")]
+    WriteHeld,
 }
 
 impl ProxyError {
@@ -49,7 +51,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::NoHealthyBackend | ProxyError::RetryBudget => {
+            ProxyError::NoHealthyBackend | ProxyError::RetryBudget | ProxyError::WriteHeld => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::UpstreamConnect | ProxyError::UpstreamReset => StatusCode::BAD_GATEWAY,
@@ -76,12 +78,19 @@ impl ProxyError {
             ProxyError::ClientBody => "client_body",
             ProxyError::ClientBodyTimeout => "client_body_timeout",
             ProxyError::RetryBudget => "retry_budget",
+            ProxyError::WriteHeld => "write_held",
         }
     }
 
     /// The response geolb sends for this error.
     pub(crate) fn response(self) -> Response<RespBody> {
-        error_response(self.status(), self.code())
+        let mut r = error_response(self.status(), self.code());
+        if self == ProxyError::WriteHeld {
+            // The primary is usually back within seconds (a failover); RFC 9110 §10.2.3.
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
     }
 }
 

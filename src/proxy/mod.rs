@@ -15,6 +15,7 @@ use crate::route::Snapshot;
 pub(crate) mod attempt;
 pub(crate) mod body;
 pub(crate) mod conn;
+pub(crate) mod data;
 pub(crate) mod edge;
 pub(crate) mod error;
 pub mod headers;
@@ -110,13 +111,20 @@ async fn route_request(
     let target = target::resolve(&req, conn, snap, log).map_err(|e| (e, None))?;
     let route = &snap.table.routes[target.route];
     let err = |e: ProxyError| (e, Some(target.route));
-    let client = locate::locate(&req, conn, edge, snap, route, log);
+    let mut client = locate::locate(&req, conn, edge, snap, route, log);
+    let data_plan = data::plan(&req, route, &mut client).await.map_err(err)?;
     let mut req = plan::Prepared::new(req, &snap.settings, &route.service)
         .await
         .map_err(err)?;
     plan::rewrite_headers(&mut req, conn, &snap.settings, &target, client.country);
     match attempt::run(&req, conn, edge, snap, route, &client, log).await {
-        attempt::Outcome::Served(resp, sr) => Ok((resp, target.route, sr)),
-        attempt::Outcome::Failed(e) => Err(err(e)),
+        attempt::Outcome::Served(mut resp, sr) => {
+            data::finish(data_plan, route, conn, Some((&mut resp, sr)));
+            Ok((resp, target.route, sr))
+        }
+        attempt::Outcome::Failed(e) => {
+            data::finish(data_plan, route, conn, None);
+            Err(err(e))
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! Pure and allocation-free per request.
 
 pub mod client_ip;
+pub mod data;
 pub mod select;
 pub mod snapshot;
 pub mod table;

@@ -53,6 +53,20 @@ impl RegionOrder {
     pub fn as_slice(&self) -> &[usize] {
         &self.idx[..self.len]
     }
+
+    /// Keep only the service regions `keep` accepts, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let mut n = 0;
+        for p in 0..self.len {
+            if keep(self.idx[p]) {
+                self.idx[n] = self.idx[p];
+                self.dist_km[n] = self.dist_km[p];
+                self.key[n] = self.key[p];
+                n += 1;
+            }
+        }
+        self.len = n;
+    }
 }
 
 /// Order the route's service regions for a client.

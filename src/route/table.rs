@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use crate::health::{BackendHealth, PassivePolicy};
 use crate::observe::access_log::AccessLogSettings;
 use crate::route::client_ip::{IpHeader, TrustedNets};
+use crate::route::data::{DataPolicy, RwRule};
 use crate::tls::CertSpec;
 use crate::upstream::UpstreamClient;
 use crate::upstream::failure::{FailureKind, UpstreamFailure};
@@ -260,6 +261,8 @@ pub struct Service {
     pub retries_active: AtomicU32,
     /// Region draws so far (drives the low-discrepancy share sequence in `select`).
     pub draws: std::sync::atomic::AtomicU64,
+    /// The data layer (primary/replica databases), when configured.
+    pub data: Option<DataPolicy>,
 }
 
 /// A country / continent / CIDR rule that fixes the region order.
@@ -300,6 +303,8 @@ pub struct Route {
     pub default_order: Box<[usize]>,
     /// Location rules that fix the region order, first match wins.
     pub overrides: Box<[Override]>,
+    /// Requests that are writes or reads against the method rule (longest prefix wins).
+    pub rw_rules: Box<[RwRule]>,
     /// Per service region (same index), then one extra for "none" (answered by geolb).
     pub metrics: Box<[crate::observe::metrics::RouteRegionMetrics]>,
 }

@@ -66,6 +66,8 @@ pub struct TestBackend {
     arrivals_tx: Arc<tokio::sync::watch::Sender<u64>>,
     /// TCP connections currently open to this backend.
     pub open_conns: Arc<AtomicU64>,
+    /// What `/healthz` reports of the backend's database (see [`DbState`]).
+    pub db: Arc<DbState>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -99,6 +101,7 @@ impl TestBackend {
             arrivals: rx,
             arrivals_tx: Arc::new(tx),
             open_conns: Arc::new(AtomicU64::new(0)),
+            db: Arc::new(DbState::default()),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             tls,
@@ -119,6 +122,7 @@ impl TestBackend {
             hits: self.hits.clone(),
             mode: self.mode.clone(),
             arrivals: self.arrivals_tx.clone(),
+            db: self.db.clone(),
         });
         self.tasks.spawn(async move {
             loop {
@@ -225,7 +229,41 @@ async fn bind_retry(addr: SocketAddr) -> TcpListener {
     }
 }
 
+/// A backend's view of its database, reported in its health answers as `X-Db-Role` and
+/// `X-Db-Replica-Lag` (seconds) when a role is set; and the writes it received.
+#[derive(Default)]
+pub struct DbState {
+    role: std::sync::Mutex<String>,
+    /// Replica lag, ms.
+    pub lag_ms: AtomicU64,
+    /// Non-GET/HEAD requests received.
+    pub writes: AtomicU64,
+    /// Non-GET/HEAD requests received while the role was not `primary`.
+    pub writes_as_replica: AtomicU64,
+}
+
+impl DbState {
+    /// Report `role` ("primary", "replica", or "" for no header) and `lag_ms`.
+    pub fn set(&self, role: &str, lag_ms: u64) {
+        *self.role.lock().unwrap() = role.to_owned();
+        self.lag_ms.store(lag_ms, Ordering::Relaxed);
+    }
+
+    pub fn role(&self) -> String {
+        self.role.lock().unwrap().clone()
+    }
+
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    pub fn writes_as_replica(&self) -> u64 {
+        self.writes_as_replica.load(Ordering::Relaxed)
+    }
+}
+
 struct Ctx {
+    db: Arc<DbState>,
     checks: AtomicU64,
     name: String,
     region: String,
@@ -261,9 +299,23 @@ async fn handle(
             MODE_FLAP if ctx.checks.fetch_add(1, Ordering::Relaxed) % 2 == 0 => 503,
             _ => 200,
         };
-        return Ok(status_resp(status, "health"));
+        let mut r = status_resp(status, "health");
+        let role = ctx.db.role();
+        if !role.is_empty() {
+            let lag = ctx.db.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+            r.headers_mut().insert("x-db-role", role.parse().unwrap());
+            r.headers_mut()
+                .insert("x-db-replica-lag", format!("{lag:.3}").parse().unwrap());
+        }
+        return Ok(r);
     }
     ctx.hits.fetch_add(1, Ordering::Relaxed);
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        ctx.db.writes.fetch_add(1, Ordering::Relaxed);
+        if ctx.db.role() != "primary" {
+            ctx.db.writes_as_replica.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     if ctx.mode.load(Ordering::Relaxed) == MODE_503 {
         return Ok(status_resp(503, "unavailable"));
     }

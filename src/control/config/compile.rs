@@ -352,6 +352,7 @@ impl Compiler<'_, '_> {
             service: svc,
             default_order: default_order.into(),
             overrides: overrides.into(),
+            rw_rules: self.rw_rules(p, &r.reads, &r.writes),
         }
     }
 

@@ -193,6 +193,8 @@ pub(crate) struct ServiceFile {
     /// Speak HTTP/2 (prior knowledge or ALPN) to the backends.
     #[serde(default)]
     pub http2: bool,
+    /// The data layer: where the primary database is, replica lag, read-your-writes.
+    pub data: Option<super::data::DataFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,6 +295,12 @@ pub(crate) struct RouteFile {
     pub default_regions: Option<Vec<String>>,
     #[serde(default)]
     pub overrides: Vec<OverrideFile>,
+    /// Requests that are reads whatever their method: "/prefix" or "METHOD /prefix".
+    #[serde(default)]
+    pub reads: Vec<String>,
+    /// Requests that are writes whatever their method: "/prefix" or "METHOD /prefix".
+    #[serde(default)]
+    pub writes: Vec<String>,
 }
 
 fn default_prefix() -> String {

@@ -2,6 +2,7 @@
 //! (positioned errors).
 
 pub mod compile;
+mod data;
 pub mod diag;
 pub mod diff;
 pub(crate) mod file;

@@ -108,6 +108,12 @@ impl Compiler<'_, '_> {
             }
         };
         pool_keys.push(key.clone());
+        let table_regions: Vec<usize> = set.regions.iter().map(|(r, _)| *r).collect();
+        let names = super::data::region_names(&table_regions, region_idx);
+        let data = s
+            .data
+            .as_ref()
+            .and_then(|d| self.data_policy(&p, name, d, &names, check.as_ref()));
         if self.errors.len() != errors_before {
             return None;
         }
@@ -131,6 +137,7 @@ impl Compiler<'_, '_> {
             active: AtomicU32::new(0),
             retries_active: AtomicU32::new(0),
             draws: std::sync::atomic::AtomicU64::new(0),
+            data,
         })
     }
 

@@ -165,23 +165,44 @@ impl BackendHealth {
     }
 }
 
+/// A backend's identity across reloads: its service and its configured address or URL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey(String);
+
+impl BackendKey {
+    /// The key of backend `backend` (address or URL as configured) of service `service`.
+    pub fn new(service: &str, backend: &str) -> BackendKey {
+        let mut k = String::with_capacity(service.len() + backend.len() + 1);
+        k.push_str(service);
+        k.push('|');
+        k.push_str(backend);
+        BackendKey(k)
+    }
+}
+
+impl std::fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Health state by backend identity, and data-layer state by (service, region), shared by
 /// every compiled snapshot.
 #[derive(Debug, Default)]
 pub struct HealthRegistry {
-    map: Mutex<HashMap<String, Weak<BackendHealth>>>,
+    map: Mutex<HashMap<BackendKey, Weak<BackendHealth>>>,
     regions: db::DbRegistry,
 }
 
 impl HealthRegistry {
     /// The state for `key`, creating it (with `initially_up`) when no live snapshot holds it.
-    pub fn get_or_create(&self, key: &str, initially_up: bool) -> Arc<BackendHealth> {
+    pub fn get_or_create(&self, key: &BackendKey, initially_up: bool) -> Arc<BackendHealth> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h) = map.get(key).and_then(Weak::upgrade) {
             return h;
         }
         let h = Arc::new(BackendHealth::new(initially_up));
-        map.insert(key.to_owned(), Arc::downgrade(&h));
+        map.insert(key.clone(), Arc::downgrade(&h));
         map.retain(|_, w| w.strong_count() > 0);
         h
     }
@@ -248,11 +269,12 @@ mod tests {
     #[test]
     fn registry_keeps_state_while_referenced() {
         let r = HealthRegistry::default();
-        let a = r.get_or_create("svc|10.0.0.1:80", true);
+        let k = BackendKey::new("svc", "10.0.0.1:80");
+        let a = r.get_or_create(&k, true);
         a.observe_check(false, 1, 1);
-        let b = r.get_or_create("svc|10.0.0.1:80", true);
+        let b = r.get_or_create(&k, true);
         assert!(!b.is_up());
         drop((a, b));
-        assert!(r.get_or_create("svc|10.0.0.1:80", true).is_up());
+        assert!(r.get_or_create(&k, true).is_up());
     }
 }

@@ -124,7 +124,7 @@ service = "h"
                     &[],
                 )
                 .unwrap();
-                picked += p.backend + country.map_or(0, str::len);
+                picked += p.backend.0 + country.map_or(0, str::len);
             }
         }
         picked

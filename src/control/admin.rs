@@ -168,7 +168,8 @@ fn authorized(req: &Request<Incoming>, snap: &Snapshot) -> bool {
 fn readyz(snap: &Snapshot) -> AdminResp {
     let now = now_ms();
     let ready = snap.table.services.iter().any(|svc| {
-        (0..svc.regions.len()).any(|sr| crate::route::select::region_health(svc, sr, now) > 0.0)
+        svc.srs()
+            .any(|sr| crate::route::select::region_health(svc, sr, now) > 0.0)
     });
     if ready {
         text(StatusCode::OK, "text/plain", "ready\n")
@@ -267,7 +268,7 @@ fn update_gauges(snap: &Snapshot) {
         if let Some(policy) = &svc.data {
             data_gauges(snap, svc, policy, &s, now);
         }
-        for (sr, r) in svc.regions.iter().enumerate() {
+        for (sr, r) in svc.srs().zip(svc.regions.iter()) {
             let region = SharedString::from_shared(snap.table.regions[r.region].name.clone());
             metrics::gauge!(REGION_HEALTH, "service" => s.clone(), "region" => region.clone())
                 .set(crate::route::select::region_health(svc, sr, now));
@@ -332,7 +333,7 @@ fn data_gauges(
             0.0
         },
     );
-    for (sr, r) in svc.regions.iter().enumerate() {
+    for (sr, r) in svc.srs().zip(svc.regions.iter()) {
         let region = SharedString::from_shared(snap.table.regions[r.region].name.clone());
         let lag = data::region_view(svc, sr, now)
             .lag_ms

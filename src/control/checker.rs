@@ -9,8 +9,8 @@ use http::{HeaderMap, HeaderName, Request, Uri, header};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::health::BackendHealth;
 use crate::health::db::DbRole;
+use crate::health::{BackendHealth, BackendKey};
 use crate::observe::events::EventLog;
 use crate::route::select::rand_f64;
 use crate::route::{CheckKind, CheckSpec, RoutingTable};
@@ -29,7 +29,7 @@ type Running = (
 /// Running probe tasks by backend identity.
 pub(crate) struct Checker {
     /// Probe tasks by backend identity, with what they were started with.
-    running: HashMap<String, Running>,
+    running: HashMap<BackendKey, Running>,
     events: Arc<EventLog>,
 }
 
@@ -59,11 +59,11 @@ impl Checker {
         tasks: &TaskTracker,
         parent: &CancellationToken,
     ) {
-        let mut wanted: HashMap<String, (CheckSpec, PoolKey, Target)> = HashMap::new();
+        let mut wanted: HashMap<BackendKey, (CheckSpec, PoolKey, Target)> = HashMap::new();
         for svc in table.services.iter() {
             let Some(spec) = &svc.check else { continue };
             for b in svc.backends.iter() {
-                let key = format!("{}|{}", svc.name, b.name);
+                let key = BackendKey::new(&svc.name, &b.name);
                 let target = Target {
                     report: svc
                         .data

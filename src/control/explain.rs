@@ -5,14 +5,14 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
-use crate::route::Service;
 use crate::route::Snapshot;
 use crate::route::data::{self, DataPolicy, Primary, Skip, WriteMode};
 use crate::route::select::{self, effective_weight, region_health};
+use crate::route::{Service, SrIdx};
 use crate::time::{now_ms, unix_ms};
 
 /// Region state as operators see it.
-pub fn region_state(svc: &Service, sr: usize, now: u64) -> &'static str {
+pub fn region_state(svc: &Service, sr: SrIdx, now: u64) -> &'static str {
     let h = region_health(svc, sr, now);
     let r = &svc.regions[sr];
     let recovering = r.backends.iter().any(|&b| {
@@ -96,7 +96,7 @@ pub fn explain_query(snap: &Snapshot, q: &Query<'_>) -> Value {
         .collect();
     let chosen = select::pick(svc, &order, now, select::hash_ip(ip), &[]).ok().map(|p| {
         let be = &svc.backends[p.backend];
-        json!({ "backend": &*be.name, "region": &*snap.table.regions[svc.regions[be.region].region].name, "panic": p.panic })
+        json!({ "backend": &*be.name, "region": &*snap.table.region_of(svc, be.region).name, "panic": p.panic })
     });
     json!({
         "geo": geo,
@@ -118,7 +118,7 @@ fn candidate(
     now: u64,
 ) -> Value {
     let sr = order.idx[p];
-    let region = &snap.table.regions[svc.regions[sr].region];
+    let region = snap.table.region_of(svc, sr);
     let d = order.dist_km[p];
     json!({
         "region": &*region.name,
@@ -148,7 +148,7 @@ fn explain_data(
     let svc = &route.service;
     let write = data::is_write(policy, route, &q.method, q.path);
     let primary = data::primary(svc, policy, now);
-    let name = |sr: usize| snap.table.regions[svc.regions[sr].region].name.to_string();
+    let name = |sr: SrIdx| snap.table.region_of(svc, sr).name.to_string();
     let primary_v = match primary {
         Primary::One(sr) => json!(name(sr)),
         Primary::None => Value::Null,
@@ -157,7 +157,7 @@ fn explain_data(
     let write_ms = q
         .wrote_secs_ago
         .map(|s| unix_ms().saturating_sub((s.max(0.0) * 1000.0) as u64));
-    let regions: Vec<Value> = (0..svc.regions.len())
+    let regions: Vec<Value> = svc.srs()
         .map(|sr| {
             let v = data::region_view(svc, sr, now);
             let skip = (!write)
@@ -198,7 +198,7 @@ fn explain_data(
 
 /// A service's data layer now: where writes go and each region's database.
 pub fn data_status(snap: &Snapshot, svc: &Service, policy: &DataPolicy, now: u64) -> Value {
-    let name = |sr: usize| snap.table.regions[svc.regions[sr].region].name.to_string();
+    let name = |sr: SrIdx| snap.table.region_of(svc, sr).name.to_string();
     let primary = data::primary(svc, policy, now);
     json!({
         "writes": match policy.writes { WriteMode::Any => "any", WriteMode::Primary => "primary" },
@@ -206,13 +206,13 @@ pub fn data_status(snap: &Snapshot, svc: &Service, policy: &DataPolicy, now: u64
         "split_brain": primary == Primary::SplitBrain,
         "max_read_lag_seconds": policy.max_read_lag_ms.map(|m| m as f64 / 1000.0),
         "read_your_writes_seconds": policy.ryw.as_ref().map(|r| r.ttl_ms as f64 / 1000.0),
-        "regions": (0..svc.regions.len()).map(|sr| {
+        "regions": svc.srs().map(|sr| {
             let v = data::region_view(svc, sr, now);
             json!({
                 "region": name(sr),
                 "role": v.role.as_str(),
                 "lag_seconds": v.lag_ms.map(|l| l as f64 / 1000.0),
-                "skipped_for_lag": policy.regions[sr].lag_skipped.load(std::sync::atomic::Ordering::Relaxed),
+                "skipped_for_lag": policy.regions[sr.0].lag_skipped.load(std::sync::atomic::Ordering::Relaxed),
             })
         }).collect::<Vec<_>>(),
     })
@@ -230,8 +230,8 @@ pub fn status(snap: &Snapshot) -> Value {
             let regions: Vec<Value> = svc
                 .regions
                 .iter()
-                .enumerate()
-                .map(|(sr, r)| {
+                .zip(svc.srs())
+                .map(|(r, sr)| {
                     let served = r.served.load(std::sync::atomic::Ordering::Relaxed);
                     json!({
                         "region": &*snap.table.regions[r.region].name,

@@ -17,14 +17,14 @@ use crate::proxy::locate::Client;
 use crate::proxy::plan::Prepared;
 use crate::proxy::{ConnInfo, Edge, stats, tunnel};
 use crate::route::select::{self, NoPick, Pick};
-use crate::route::{Backend, MAX_ATTEMPTS, Region, Route, Service, Snapshot};
+use crate::route::{Backend, BackendIdx, MAX_ATTEMPTS, Region, Route, Service, Snapshot, SrIdx};
 use crate::time::now_ms;
 use crate::upstream::failure::{Side, UpstreamFailure};
 
 /// How the attempts ended.
 pub(crate) enum Outcome {
     /// A backend answered (any status): the response and the service region that served.
-    Served(Response<RespBody>, usize),
+    Served(Response<RespBody>, SrIdx),
     /// No backend answered: the error the client gets.
     Failed(ProxyError),
 }
@@ -51,7 +51,7 @@ pub(crate) async fn run(
     log: &mut LogRecord,
 ) -> Outcome {
     let svc = &*route.service;
-    let mut tried = [usize::MAX; MAX_ATTEMPTS];
+    let mut tried = [BackendIdx(usize::MAX); MAX_ATTEMPTS];
     let mut last_err = ProxyError::NoHealthyBackend;
     for attempt in 0..svc.retry.attempts {
         let pick = match select::pick(svc, &client.order, now_ms(), client.hash, &tried[..attempt])
@@ -120,7 +120,7 @@ impl AttemptCtx<'_> {
 
     fn region(&self) -> &Region {
         let svc = &self.route.service;
-        &self.snap.table.regions[svc.regions[self.backend().region].region]
+        self.snap.table.region_of(svc, self.backend().region)
     }
 }
 
@@ -285,7 +285,7 @@ impl Drop for RetryGuard<'_> {
 }
 
 /// Record a passive failure, respecting the region's ejection cap.
-fn passive_failure(svc: &Service, b: usize, events: &EventLog) {
+fn passive_failure(svc: &Service, b: BackendIdx, events: &EventLog) {
     let backend = &svc.backends[b];
     let region = &svc.regions[backend.region];
     let _serial = region.eject_lock.lock().unwrap_or_else(|e| e.into_inner());

@@ -14,14 +14,14 @@ use crate::proxy::body::RespBody;
 use crate::proxy::error::ProxyError;
 use crate::proxy::locate::{Client, cookie};
 use crate::route::data::{self, DataPolicy, Primary, RywDecision, WriteMode};
-use crate::route::{Route, Service};
+use crate::route::{Route, Service, SrIdx};
 use crate::time::{now_ms, unix_ms};
 
 /// What the data layer decided for a request.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct DataPlan {
     /// A write held to this service region (the primary's).
-    pub(crate) write_region: Option<usize>,
+    pub(crate) write_region: Option<SrIdx>,
     /// A write whose success sets the read-your-writes cookie.
     pub(crate) set_cookie: bool,
 }
@@ -83,7 +83,7 @@ fn count_ryw(policy: &DataPolicy, d: RywDecision) {
 }
 
 /// Wait until one region is primary and has an available backend; `write_hold` at most.
-async fn hold_for_primary(svc: &Service, policy: &DataPolicy) -> Result<usize, ProxyError> {
+async fn hold_for_primary(svc: &Service, policy: &DataPolicy) -> Result<SrIdx, ProxyError> {
     let start = Instant::now();
     let deadline = tokio::time::Instant::from_std(start + policy.write_hold);
     let mut logged = false;
@@ -115,7 +115,7 @@ async fn hold_for_primary(svc: &Service, policy: &DataPolicy) -> Result<usize, P
     }
 }
 
-fn has_available(svc: &Service, sr: usize, now: u64) -> bool {
+fn has_available(svc: &Service, sr: SrIdx, now: u64) -> bool {
     svc.regions[sr]
         .backends
         .iter()
@@ -127,7 +127,7 @@ pub(crate) fn finish(
     plan: DataPlan,
     route: &Route,
     conn: &ConnInfo,
-    served: Option<(&mut Response<RespBody>, usize)>,
+    served: Option<(&mut Response<RespBody>, SrIdx)>,
 ) {
     let svc = &*route.service;
     let Some(policy) = &svc.data else { return };
@@ -136,7 +136,7 @@ pub(crate) fn finish(
             Some((_, sr)) => (*sr, 0),
             None => (sr, 1),
         };
-        policy.metrics.writes[region][outcome].increment(1);
+        policy.metrics.writes[region.0][outcome].increment(1);
     }
     let (true, Some(ryw), Some((resp, _))) = (plan.set_cookie, &policy.ryw, served) else {
         return;

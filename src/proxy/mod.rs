@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use crate::observe::access_log::LogRecord;
 use crate::proxy::body::RespBody;
 use crate::proxy::error::ProxyError;
-use crate::route::Snapshot;
+use crate::route::{RouteIdx, Snapshot, SrIdx};
 
 pub(crate) mod attempt;
 pub(crate) mod body;
@@ -65,10 +65,10 @@ pub(crate) async fn handle(
     };
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
-    if let Some(r) = route.and_then(|i| snap.table.routes.get(i)) {
-        let m = &r.metrics[region
-            .unwrap_or(r.metrics.len() - 1)
-            .min(r.metrics.len() - 1)];
+    if let Some(r) = route.and_then(|i| snap.table.routes.get(i.0)) {
+        // One handle per service region, then one for "none" (answered by geolb).
+        let none = r.metrics.len() - 1;
+        let m = &r.metrics[region.map_or(none, |sr| sr.0.min(none))];
         m.requests[crate::observe::metrics::class_index(status)].increment(1);
         m.duration.record(elapsed.as_secs_f64());
     }
@@ -97,7 +97,7 @@ pub(crate) async fn handle(
 
 /// A served request (response, route index, serving service region) or an error (and the
 /// route, when one matched).
-type Routed = Result<(Response<RespBody>, usize, usize), (ProxyError, Option<usize>)>;
+type Routed = Result<(Response<RespBody>, RouteIdx, SrIdx), (ProxyError, Option<RouteIdx>)>;
 
 /// The request pipeline, as named phases: find the route, locate the client, plan the body,
 /// rewrite the headers, then try backends until one answers or the policy says stop.

@@ -4,7 +4,7 @@
 use metrics::{Counter, SharedString, counter};
 
 use crate::proxy::error::ProxyError;
-use crate::route::{Backend, Region, Route, Service};
+use crate::route::{Backend, Region, Route, Service, SrIdx};
 
 /// Count a retry for a service (retry path only).
 pub(crate) fn retries(svc: &Service) -> Counter {
@@ -16,8 +16,8 @@ pub(crate) fn spillover(
     route: &Route,
     regions: &[Region],
     svc: &Service,
-    from_sr: usize,
-    to_sr: usize,
+    from_sr: SrIdx,
+    to_sr: SrIdx,
 ) {
     let from = SharedString::from_shared(regions[svc.regions[from_sr].region].name.clone());
     let to = SharedString::from_shared(regions[svc.regions[to_sr].region].name.clone());

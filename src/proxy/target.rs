@@ -7,13 +7,13 @@ use http::{Method, Request, Version};
 use crate::observe::access_log::LogRecord;
 use crate::proxy::ConnInfo;
 use crate::proxy::error::ProxyError;
-use crate::route::{Snapshot, normalize_host};
+use crate::route::{RouteIdx, Snapshot, normalize_host};
 
 /// The route a request matched and the host it named.
 #[derive(Debug)]
 pub(crate) struct Target {
-    /// Index into `RoutingTable::routes`.
-    pub(crate) route: usize,
+    /// The route that matched.
+    pub(crate) route: RouteIdx,
     /// The client's host as sent (for `X-Forwarded-Host` and `preserve_host`).
     pub(crate) orig_host: Option<HeaderValue>,
 }

@@ -11,7 +11,7 @@ use http::{HeaderName, Method};
 use crate::health::db::{DbRole, DbView, RegionDb};
 use crate::observe::metrics::DataMetrics;
 use crate::route::select::RegionOrder;
-use crate::route::{Route, Service};
+use crate::route::{Route, Service, SrIdx};
 
 /// Where writes may go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub enum WriteMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrimarySource {
     /// Fixed in the configuration (index into `Service::regions`).
-    Static(usize),
+    Static(SrIdx),
     /// The region whose available backends (or database probe) report `primary`.
     Auto,
 }
@@ -101,7 +101,7 @@ pub fn is_write(policy: &DataPolicy, route: &Route, method: &Method, path: &str)
 /// A region's database as routing sees it: the probe's report when probes are configured,
 /// else the most conservative report among its available backends (any primary makes the
 /// region primary; the largest lag and the oldest data win).
-pub fn region_view(svc: &Service, sr: usize, now: u64) -> DbView {
+pub fn region_view(svc: &Service, sr: SrIdx, now: u64) -> DbView {
     let mut role = DbRole::Unknown;
     let mut lag: Option<u64> = None;
     let mut as_of: Option<u64> = None;
@@ -160,7 +160,7 @@ fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Primary {
     /// This service region.
-    One(usize),
+    One(SrIdx),
     /// No region reports a primary (a failover in progress, or nothing reports).
     None,
     /// More than one region reports a primary: writes are held, never guessed.
@@ -174,7 +174,7 @@ pub fn primary(svc: &Service, policy: &DataPolicy, now: u64) -> Primary {
         return Primary::One(sr);
     }
     let mut found = Primary::None;
-    for sr in 0..svc.regions.len() {
+    for sr in svc.srs() {
         if region_view(svc, sr, now).role == DbRole::Primary {
             found = match found {
                 Primary::None => Primary::One(sr),
@@ -199,7 +199,7 @@ pub enum Skip {
 pub fn read_skip(
     svc: &Service,
     policy: &DataPolicy,
-    sr: usize,
+    sr: SrIdx,
     primary: Primary,
     write_ms: Option<u64>,
     now: u64,
@@ -209,7 +209,7 @@ pub fn read_skip(
         return None;
     }
     if let Some(max) = policy.max_read_lag_ms {
-        let state = &policy.regions[sr].lag_skipped;
+        let state = &policy.regions[sr.0].lag_skipped;
         let skipped = state.load(Relaxed);
         match view.lag_ms {
             Some(l) if !skipped && l > max => state.store(true, Relaxed),

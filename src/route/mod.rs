@@ -4,9 +4,11 @@
 
 pub mod client_ip;
 pub mod data;
+pub mod index;
 pub mod select;
 pub mod snapshot;
 pub mod table;
 
+pub use index::{BackendIdx, RegionIdx, RouteIdx, SrIdx};
 pub use snapshot::{Snapshot, Summary, TlsState};
 pub use table::*;

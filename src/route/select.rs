@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use crate::geo::Location;
 use crate::health::BackendHealth;
-use crate::route::{LbPolicy, MAX_REGIONS, PanicMode, Region, Route, Service};
+use crate::route::{BackendIdx, LbPolicy, MAX_REGIONS, PanicMode, Region, Route, Service, SrIdx};
 
 /// Why the regions are in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ impl OrderRule {
 #[derive(Debug, Clone, Copy)]
 pub struct RegionOrder {
     /// Indices into `Service::regions`, in order; only the first `len` are meaningful.
-    pub idx: [usize; MAX_REGIONS],
+    pub idx: [SrIdx; MAX_REGIONS],
     /// Great-circle km from the client (NaN when unknown), per position.
     pub dist_km: [f64; MAX_REGIONS],
     /// Preference key per position (biased km, or the position for fixed orders); positions
@@ -50,12 +50,12 @@ pub struct RegionOrder {
 
 impl RegionOrder {
     /// The ordered service-region indices.
-    pub fn as_slice(&self) -> &[usize] {
+    pub fn as_slice(&self) -> &[SrIdx] {
         &self.idx[..self.len]
     }
 
     /// Keep only the service regions `keep` accepts, in order.
-    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(SrIdx) -> bool) {
         let mut n = 0;
         for p in 0..self.len {
             if keep(self.idx[p]) {
@@ -78,7 +78,7 @@ pub fn order_regions(
 ) -> RegionOrder {
     let svc = &route.service;
     let mut o = RegionOrder {
-        idx: [0; MAX_REGIONS],
+        idx: [SrIdx(0); MAX_REGIONS],
         dist_km: [f64::NAN; MAX_REGIONS],
         key: [0.0; MAX_REGIONS],
         len: 0,
@@ -111,7 +111,7 @@ pub fn order_regions(
                     pos -= 1;
                 }
                 biased[pos] = b;
-                o.idx[pos] = i;
+                o.idx[pos] = SrIdx(i);
                 o.dist_km[pos] = d;
                 o.len += 1;
             }
@@ -143,13 +143,13 @@ pub fn order_regions(
 }
 
 /// Append `order`, then every other service region (configuration order).
-fn push_all(o: &mut RegionOrder, order: &[usize], n_regions: usize) {
+fn push_all(o: &mut RegionOrder, order: &[SrIdx], n_regions: usize) {
     for &i in order.iter().take(MAX_REGIONS) {
         o.idx[o.len] = i;
         o.len += 1;
     }
     let named = o.len;
-    for i in 0..n_regions.min(MAX_REGIONS) {
+    for i in SrIdx::all(n_regions.min(MAX_REGIONS)) {
         if o.len < MAX_REGIONS && !o.idx[..named].contains(&i) {
             o.idx[o.len] = i;
             o.len += 1;
@@ -181,7 +181,7 @@ pub fn effective_weight(svc: &Service, h: &BackendHealth, weight: u32, now: u64)
 }
 
 /// Healthy share (0..=1) of a service region's weight.
-pub fn region_health(svc: &Service, sr: usize, now: u64) -> f64 {
+pub fn region_health(svc: &Service, sr: SrIdx, now: u64) -> f64 {
     let r = &svc.regions[sr];
     if r.total_weight == 0 {
         return 0.0;
@@ -258,7 +258,7 @@ pub fn shares(svc: &Service, order: &RegionOrder, now: u64) -> ([f64; MAX_REGION
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pick {
     /// Index into `Service::backends`.
-    pub backend: usize,
+    pub backend: BackendIdx,
     /// Position in the region order (0 = nearest).
     pub position: usize,
     /// Picked while the service was in panic (health ignored).
@@ -281,7 +281,7 @@ pub fn pick(
     order: &RegionOrder,
     now: u64,
     hash: u64,
-    tried: &[usize],
+    tried: &[BackendIdx],
 ) -> Result<Pick, NoPick> {
     let (mut share, panic) = shares(svc, order, now);
     if panic {
@@ -379,14 +379,14 @@ pub fn pick(
 /// Choose a backend inside one service region by the service's policy.
 fn in_region(
     svc: &Service,
-    sr: usize,
+    sr: SrIdx,
     now: u64,
     hash: u64,
-    tried: &[usize],
+    tried: &[BackendIdx],
     need_healthy: bool,
-) -> Option<usize> {
+) -> Option<BackendIdx> {
     let region = &svc.regions[sr];
-    let ok = |b: usize| {
+    let ok = |b: BackendIdx| {
         !tried.contains(&b)
             && (!need_healthy || {
                 let be = &svc.backends[b];
@@ -415,7 +415,7 @@ fn in_region(
                 .find(|&b| ok(b))
         }
         LbPolicy::LeastRequest => {
-            let score = |b: usize| {
+            let score = |b: BackendIdx| {
                 let be = &svc.backends[b];
                 let w = effective_weight(svc, &be.health, be.weight, now).max(0.05);
                 (f64::from(
@@ -651,7 +651,8 @@ service = "app"
         for _ in 0..100 {
             counts[pick(&r.service, &o, crate::time::now_ms(), 0, &[])
                 .unwrap()
-                .backend] += 1;
+                .backend
+                .0] += 1;
         }
         assert_eq!(counts, [50, 50, 0, 0]);
     }
@@ -666,7 +667,7 @@ service = "app"
             let b = pick(&r.service, &o, crate::time::now_ms(), 0, &[])
                 .unwrap()
                 .backend;
-            per_region[r.service.backends[b].region] += 1;
+            per_region[r.service.backends[b].region.0] += 1;
         }
         // The golden-ratio sequence meets a 50/50 share within one request.
         assert!(per_region[0].abs_diff(50) <= 1, "{per_region:?}");

@@ -16,6 +16,7 @@ use crate::health::{BackendHealth, PassivePolicy};
 use crate::observe::access_log::AccessLogSettings;
 use crate::route::client_ip::{IpHeader, TrustedNets};
 use crate::route::data::{DataPolicy, RwRule};
+use crate::route::{BackendIdx, RegionIdx, RouteIdx, SrIdx};
 use crate::tls::CertSpec;
 use crate::upstream::UpstreamClient;
 use crate::upstream::failure::{FailureKind, UpstreamFailure};
@@ -95,8 +96,8 @@ pub struct Backend {
     pub host_header: HeaderValue,
     /// Relative weight inside its region (0 = drained).
     pub weight: u32,
-    /// Index into `Service::regions`.
-    pub region: usize,
+    /// The service region this backend is in.
+    pub region: SrIdx,
     /// Live health, shared by every snapshot that has this backend (survives reloads).
     pub health: Arc<BackendHealth>,
 }
@@ -105,17 +106,17 @@ pub struct Backend {
 #[derive(Debug)]
 pub struct ServiceRegion {
     /// Index into `RoutingTable::regions`.
-    pub region: usize,
-    /// Indices into `Service::backends`.
-    pub backends: Box<[usize]>,
+    pub region: RegionIdx,
+    /// This region's backends.
+    pub backends: Box<[BackendIdx]>,
     /// Sum of the backends' weights.
     pub total_weight: u64,
     /// Weighted, interleaved round-robin schedule of indices into `Service::backends`.
-    pub rr_table: Box<[usize]>,
+    pub rr_table: Box<[BackendIdx]>,
     /// Next position in `rr_table`.
     pub rr_next: AtomicUsize,
     /// Consistent-hash ring: (point, index into `Service::backends`), sorted by point.
-    pub ring: Box<[(u64, usize)]>,
+    pub ring: Box<[(u64, BackendIdx)]>,
     /// Requests this region answered since the configuration was loaded.
     pub served: std::sync::atomic::AtomicU64,
     /// Serialises "count ejected, then eject" on the (rare) failure path so concurrent
@@ -265,6 +266,13 @@ pub struct Service {
     pub data: Option<DataPolicy>,
 }
 
+impl Service {
+    /// Every service region, in configuration order.
+    pub fn srs(&self) -> impl Iterator<Item = SrIdx> + use<> {
+        SrIdx::all(self.regions.len())
+    }
+}
+
 /// A country / continent / CIDR rule that fixes the region order.
 #[derive(Debug)]
 pub struct Override {
@@ -275,7 +283,7 @@ pub struct Override {
     /// Client networks this override matches.
     pub cidrs: Box<[IpNet]>,
     /// Indices into `Service::regions`, in preference order.
-    pub order: Box<[usize]>,
+    pub order: Box<[SrIdx]>,
 }
 
 impl Override {
@@ -300,7 +308,7 @@ pub struct Route {
     /// The service this route sends to.
     pub service: Arc<Service>,
     /// Region order (indices into `Service::regions`) when the client's location is unknown.
-    pub default_order: Box<[usize]>,
+    pub default_order: Box<[SrIdx]>,
     /// Location rules that fix the region order, first match wins.
     pub overrides: Box<[Override]>,
     /// Requests that are writes or reads against the method rule (longest prefix wins).
@@ -310,7 +318,7 @@ pub struct Route {
 }
 
 /// (path prefix, index into `RoutingTable::routes`), longest prefix first.
-type PrefixList = Box<[(Box<str>, usize)]>;
+type PrefixList = Box<[(Box<str>, RouteIdx)]>;
 
 /// All routes. Host lookup is exact, then the longest `*.suffix`, then the catch-all.
 #[derive(Debug, Default)]
@@ -332,11 +340,16 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// The route for `host` (lowercase, no port) and `path`.
     pub fn match_route(&self, host: &str, path: &str) -> Option<&Route> {
-        self.routes.get(self.match_route_idx(host, path)?)
+        self.routes.get(self.match_route_idx(host, path)?.0)
+    }
+
+    /// The region a service region stands for.
+    pub fn region_of(&self, svc: &Service, sr: SrIdx) -> &Region {
+        &self.regions[svc.regions[sr].region]
     }
 
     /// As [`RoutingTable::match_route`], returning the index into `routes`.
-    pub fn match_route_idx(&self, host: &str, path: &str) -> Option<usize> {
+    pub fn match_route_idx(&self, host: &str, path: &str) -> Option<RouteIdx> {
         let list = self.host_routes(host)?;
         list.iter()
             .find(|(prefix, _)| path.starts_with(&**prefix))
@@ -478,7 +491,10 @@ mod tests {
     fn table(entries: &[(&str, &[(&str, usize)])]) -> RoutingTable {
         let mut t = RoutingTable::default();
         for (host, list) in entries {
-            let l: PrefixList = list.iter().map(|(p, i)| (Box::from(*p), *i)).collect();
+            let l: PrefixList = list
+                .iter()
+                .map(|(p, i)| (Box::from(*p), RouteIdx(*i)))
+                .collect();
             if *host == "*" {
                 t.any = l;
             } else if let Some(s) = host.strip_prefix('*') {
@@ -518,11 +534,14 @@ mod tests {
             ("*.eu.example.com", &[("/", 2)]),
             ("*", &[("/", 3)]),
         ]);
-        assert_eq!(t.host_routes("a.example.com").unwrap()[0].1, 0);
-        assert_eq!(t.host_routes("b.example.com").unwrap()[0].1, 1);
-        assert_eq!(t.host_routes("x.y.eu.example.com").unwrap()[0].1, 2);
-        assert_eq!(t.host_routes("example.com").unwrap()[0].1, 3);
-        assert_eq!(t.host_routes("other.org").unwrap()[0].1, 3);
+        assert_eq!(t.host_routes("a.example.com").unwrap()[0].1, RouteIdx(0));
+        assert_eq!(t.host_routes("b.example.com").unwrap()[0].1, RouteIdx(1));
+        assert_eq!(
+            t.host_routes("x.y.eu.example.com").unwrap()[0].1,
+            RouteIdx(2)
+        );
+        assert_eq!(t.host_routes("example.com").unwrap()[0].1, RouteIdx(3));
+        assert_eq!(t.host_routes("other.org").unwrap()[0].1, RouteIdx(3));
     }
     fn region(lat: f64, lon: f64) -> Region {
         Region {

@@ -100,10 +100,10 @@ pub(super) struct Compiler<'a, 'b> {
 }
 
 /// Host → (path prefix, route index) lists, filled route by route.
-type HostMap = HashMap<Box<str>, Vec<(Box<str>, usize)>>;
+type HostMap = HashMap<Box<str>, Vec<(Box<str>, RouteIdx)>>;
 
 /// (path prefix, route index), longest prefix first.
-type PrefixList = Box<[(Box<str>, usize)]>;
+type PrefixList = Box<[(Box<str>, RouteIdx)]>;
 
 /// The host index of the routing table while routes are compiled.
 #[derive(Default)]
@@ -111,7 +111,7 @@ struct HostIndex {
     exact: HostMap,
     /// Keyed by the suffix after `*`, e.g. `.example.com`.
     wildcard: HostMap,
-    any: Vec<(Box<str>, usize)>,
+    any: Vec<(Box<str>, RouteIdx)>,
     /// (host, path prefix) pairs already routed.
     seen: HashSet<(String, String)>,
 }
@@ -350,7 +350,7 @@ impl Compiler<'_, '_> {
             metrics: route_metrics(&name, &svc, regions),
             name,
             service: svc,
-            default_order: default_order.into(),
+            default_order: default_order.into_iter().map(SrIdx).collect(),
             overrides: overrides.into(),
             rw_rules: self.rw_rules(p, &r.reads, &r.writes),
         }
@@ -376,7 +376,7 @@ impl Compiler<'_, '_> {
             );
             return;
         }
-        let entry = (Box::from(r.path_prefix.as_str()), route_idx);
+        let entry = (Box::from(r.path_prefix.as_str()), RouteIdx(route_idx));
         if host == "*" {
             index.any.push(entry);
         } else if let Some(suffix) = host.strip_prefix("*.") {
@@ -463,7 +463,7 @@ impl Compiler<'_, '_> {
             countries: countries.into(),
             continents: o.continents.iter().map(|c| c.0).collect(),
             cidrs: cidrs.into(),
-            order: order.into(),
+            order: order.into_iter().map(SrIdx).collect(),
         }
     }
 
@@ -690,7 +690,7 @@ fn sort_hosts(m: HostMap) -> HashMap<Box<str>, PrefixList> {
     m.into_iter().map(|(k, v)| (k, sort_prefixes(v))).collect()
 }
 
-fn sort_prefixes(mut v: Vec<(Box<str>, usize)>) -> PrefixList {
+fn sort_prefixes(mut v: Vec<(Box<str>, RouteIdx)>) -> PrefixList {
     v.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
     v.into()
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::compile::Compiler;
 use crate::observe::metrics::DataMetrics;
 use crate::route::data::{DataPolicy, PrimarySource, RwRule, Ryw, RywDecision, WriteMode};
-use crate::route::{CheckKind, CheckSpec};
+use crate::route::{CheckKind, CheckSpec, SrIdx};
 
 /// `[services.NAME.data]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -162,7 +162,7 @@ impl Compiler<'_, '_> {
                 Some(PrimarySource::Auto)
             }
             Some(name) => match regions.iter().position(|r| *r == name) {
-                Some(i) => Some(PrimarySource::Static(i)),
+                Some(i) => Some(PrimarySource::Static(SrIdx(i))),
                 None => {
                     self.err(
                         &path,

@@ -29,7 +29,7 @@ impl ConfigView {
         for s in t.services.iter() {
             v.services.insert(s.name.to_string(), format!("{:?}", s.lb));
             for b in s.backends.iter() {
-                let region = t.regions[s.regions[b.region].region].name.to_string();
+                let region = t.region_of(s, b.region).name.to_string();
                 v.backends
                     .insert(format!("{}/{}", s.name, b.name), (region, b.weight));
             }

@@ -14,7 +14,7 @@ use super::file::{
     BackendFile, HashKeyFile, HealthFile, HealthKindFile, InitialHealthFile, PanicFile,
     PassiveFile, RetryFile, RetryOnFile, RoutesFile, ServiceFile, SpilloverFile,
 };
-use crate::health::{BackendHealth, PassivePolicy};
+use crate::health::{BackendHealth, BackendKey, PassivePolicy};
 use crate::route::*;
 use crate::upstream::PoolKey;
 
@@ -196,7 +196,7 @@ impl Compiler<'_, '_> {
             let health = self
                 .ctx
                 .health
-                .get_or_create(&format!("{name}|{label}"), initial_up);
+                .get_or_create(&BackendKey::new(name, &label), initial_up);
             let host_header = HeaderValue::from_str(authority.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
             set.backends.push(Backend {
@@ -205,7 +205,7 @@ impl Compiler<'_, '_> {
                 host_header,
                 authority,
                 weight: b.weight,
-                region: sr,
+                region: SrIdx(sr),
                 health,
             });
         }
@@ -512,12 +512,12 @@ fn build_region(region: usize, idx: Vec<usize>, backends: &[Backend]) -> Service
     }
     ring.sort_unstable();
     ServiceRegion {
-        region,
-        backends: idx.into(),
+        region: RegionIdx(region),
+        backends: idx.into_iter().map(BackendIdx).collect(),
         total_weight,
-        rr_table: rr.into(),
+        rr_table: rr.into_iter().map(BackendIdx).collect(),
         rr_next: AtomicUsize::new(0),
-        ring: ring.into(),
+        ring: ring.into_iter().map(|(p, b)| (p, BackendIdx(b))).collect(),
         served: std::sync::atomic::AtomicU64::new(0),
         eject_lock: std::sync::Mutex::new(()),
     }

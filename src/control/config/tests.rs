@@ -637,7 +637,7 @@ fn compiling_records_health_to_force_up_and_changes_none() {
         pool: &pool,
     };
     // Left down by an earlier configuration's checks, and still referenced by its snapshot.
-    let down = health.get_or_create("app|10.0.0.1:80", true);
+    let down = health.get_or_create(&crate::health::BackendKey::new("app", "10.0.0.1:80"), true);
     down.observe_check(false, 1, 1);
     let checked = "[services.s]\nbackends = [{ region = \"eu\", address = \"10.0.0.9:80\" }]\n\
                    health = { kind = \"tcp\" }";

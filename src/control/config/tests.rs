@@ -71,7 +71,16 @@ fn compile(text: &str) -> Result<Compiled, ConfigErrors> {
     compile_str(text, Path::new("t.toml"), &ctx)
 }
 
-/// PEM files for the certificate cases: `a.pem` + `a.key` match, `other.key` does not.
+/// A cookie-signing key one byte too short (31 bytes once trimmed), for the data-layer cases.
+/// Distinctive, so a test can prove errors never print a key.
+const SHORT_KEY: &str = "not-printed-short-key-abcdefghi";
+
+/// A valid cookie-signing key (40 bytes once trimmed).
+const GOOD_KEY: &str = "good-signing-key-0123456789abcdefghijklm";
+
+/// Files for the cases that read files: `a.pem` + `a.key` match, `other.key` does not
+/// (certificates); `short.key` and `rw.key` (data-layer signing keys, with surrounding
+/// whitespace that is trimmed).
 fn pem_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
@@ -83,6 +92,8 @@ fn pem_dir() -> tempfile::TempDir {
     std::fs::write(dir.path().join("a.key"), key.serialize_pem()).unwrap();
     let other = rcgen::KeyPair::generate().unwrap();
     std::fs::write(dir.path().join("other.key"), other.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("short.key"), format!("{SHORT_KEY}\n")).unwrap();
+    std::fs::write(dir.path().join("rw.key"), format!("  {GOOD_KEY}\n")).unwrap();
     dir
 }
 
@@ -105,8 +116,9 @@ fn seventeen_regions() -> String {
 /// A second service, for cases about one service's settings (`{s}` in a fragment).
 const S: &str = "[services.s]\nbackends = [{ region = \"eu\", address = \"10.0.0.9:80\" }]\n";
 
-/// (fragment, field path, message substring). `{dir}` is a directory with PEM files, `{s}` a
-/// valid `[services.s]`, `{17 regions}` a service spanning too many regions.
+/// (fragment, field path, message substring). `{dir}` is the directory of `pem_dir`, `{s}` a
+/// valid `[services.s]` (backends in `eu` only, no health checks), `{17 regions}` a service
+/// spanning too many regions.
 const CASES: &[(&str, &str, &str)] = &[
     // [listeners]
     (
@@ -518,6 +530,136 @@ const CASES: &[(&str, &str, &str)] = &[
         "services.s.upstream_tls",
         "missing.key",
     ),
+    // [services.*.data]: where writes go
+    (
+        "{s}[services.s.data]\nwrites = \"primary\"",
+        "services.s.data.primary",
+        "writes = \"primary\" needs primary = \"REGION\" or \"auto\"",
+    ),
+    (
+        "{s}[services.s.data]\nwrites = \"primary_only\"",
+        "services.s.data.writes",
+        "unknown variant `primary_only`, expected `any` or `primary`",
+    ),
+    (
+        "{s}[services.s.data]\nwrites = \"primary\"\nprimary = \"us\"",
+        "services.s.data.primary",
+        "`us` is not a region of this service (its backends are in: eu)",
+    ),
+    (
+        "[regions.ap]\nlocation = [1.3, 103.8]\n{s}[services.s.data]\nprimary = \"ap\"",
+        "services.s.data.primary",
+        "`ap` is not a region of this service (its backends are in: eu)",
+    ),
+    (
+        "{s}[services.s.data]\nwrites = \"primary\"\nprimary = \"auto\"",
+        "services.s.data.primary",
+        "\"auto\" learns the primary from health answers: the service needs an HTTP health check",
+    ),
+    (
+        "[services.s]\nhealth = { kind = \"tcp\" }\nbackends = [{ region = \"eu\", address = \"10.0.0.9:80\" }]\n\
+         [services.s.data]\nwrites = \"primary\"\nprimary = \"auto\"",
+        "services.s.data.primary",
+        "the service needs an HTTP health check (`health.path`)",
+    ),
+    // [services.*.data]: durations, lag, headers, write methods
+    (
+        "{s}[services.s.data]\nmax_read_lag = \"30\"",
+        "services.s.data.max_read_lag",
+        "`30` needs a unit",
+    ),
+    (
+        "{s}[services.s.data]\nmax_read_lag = \"30s\"\nread_lag_recover = \"soon\"",
+        "services.s.data.read_lag_recover",
+        "`soon` is not a duration",
+    ),
+    (
+        "{s}[services.s.data]\nwrite_hold = \"5 fortnights\"",
+        "services.s.data.write_hold",
+        "unknown duration unit `fortnights`",
+    ),
+    (
+        "{s}[services.s.data]\nread_your_writes = \"9000000h\"\nsecret_file = \"{dir}/rw.key\"",
+        "services.s.data.read_your_writes",
+        "`9000000h` is out of range",
+    ),
+    (
+        "{s}[services.s.data]\nmax_read_lag = \"2s\"\nread_lag_recover = \"3s\"",
+        "services.s.data.read_lag_recover",
+        "must not be more than max_read_lag",
+    ),
+    (
+        "{s}[services.s.data]\nrole_header = \"X Db Role\"",
+        "services.s.data.role_header",
+        "`X Db Role` is not a header name",
+    ),
+    (
+        "{s}[services.s.data]\nlag_header = \"x-lag:\"",
+        "services.s.data.lag_header",
+        "`x-lag:` is not a header name",
+    ),
+    (
+        "{s}[services.s.data]\nwrite_methods = [\"POST\", \"PO ST\"]",
+        "services.s.data.write_methods[1]",
+        "`PO ST` is not an HTTP method",
+    ),
+    // [services.*.data]: read-your-writes and its signing key
+    (
+        "{s}[services.s.data]\nread_your_writes = \"15s\"",
+        "services.s.data.read_your_writes",
+        "needs a signing key shared by every instance: secret_file or secret_env",
+    ),
+    (
+        "{s}[services.s.data]\nread_your_writes = \"15s\"\nsecret_file = \"{dir}/missing-rw.key\"",
+        "services.s.data.secret_file",
+        "missing-rw.key",
+    ),
+    (
+        "{s}[services.s.data]\nread_your_writes = \"15s\"\nsecret_file = \"{dir}/short.key\"",
+        "services.s.data.secret_file",
+        "the key is 31 bytes; at least 32 are needed",
+    ),
+    (
+        "{s}[services.s.data]\nread_your_writes = \"15s\"\nsecret_env = \"GEOLB_TEST_SECRET_NEVER_SET\"",
+        "services.s.data.secret_env",
+        "environment variable GEOLB_TEST_SECRET_NEVER_SET is not set",
+    ),
+    (
+        "{s}[services.s.data]\nread_your_writes = \"15s\"\nsecret_file = \"{dir}/rw.key\"\nsecret_env = \"GEOLB_TEST_SECRET_NEVER_SET\"",
+        "services.s.data.secret_env",
+        "set secret_file or secret_env, not both",
+    ),
+    (
+        "{s}[services.s.data]\nread_your_writes = \"15s\"\nsecret_file = \"{dir}/rw.key\"\ncookie = \"rw cookie\"",
+        "services.s.data.cookie",
+        "`rw cookie` is not a cookie name",
+    ),
+    (
+        "{s}[services.s.data]\nread_your_writes = \"15s\"\nsecret_file = \"{dir}/rw.key\"\ncookie = \"\"",
+        "services.s.data.cookie",
+        "`` is not a cookie name",
+    ),
+    (
+        "{s}[services.s.data]\nprimry = \"eu\"",
+        "services.s.data.primry",
+        "`write_methods` (did you mean `primary`?)",
+    ),
+    // [[routes]] reads / writes
+    (
+        "routes = [{ service = \"app\", writes = [\"P@ST /orders\"] }]",
+        "routes[0].writes[0]",
+        "`P@ST /orders`: expected \"/prefix\" or \"METHOD /prefix\"",
+    ),
+    (
+        "routes = [{ service = \"app\", reads = [\"/search\", \"POST search\"] }]",
+        "routes[0].reads[1]",
+        "`POST search`: the path prefix must start with `/`",
+    ),
+    (
+        "routes = [{ service = \"app\", writes = [\"orders\"] }]",
+        "routes[0].writes[0]",
+        "`orders`: the path prefix must start with `/`",
+    ),
 ];
 
 #[test]
@@ -650,4 +792,219 @@ fn compiling_records_health_to_force_up_and_changes_none() {
     let bad = config(&format!("{checked}\n[timeouts]\nrequest = \"x\""));
     assert!(compile_str(&bad, Path::new("t.toml"), &ctx).is_err());
     assert!(!down.is_up());
+}
+
+/// Two regions, an HTTP-checked service `app` with backends in both, and `data` as its
+/// `[services.app.data]` body; the route declares some reads and writes.
+fn data_config(data: &str) -> String {
+    config(&format!(
+        "routes = [{{ service = \"app\", reads = [\"POST /search\"], writes = [\"/rpc/\", \"get /logout\"] }}]\n\
+         [regions.ap]\nlocation = [1.3, 103.8]\n\
+         [services.app]\nhealth = {{ path = \"/healthz\" }}\n\
+         backends = [{{ region = \"eu\", address = \"10.0.0.1:80\" }}, {{ region = \"ap\", address = \"10.0.0.2:80\" }}]\n\
+         [services.app.data]\n{data}"
+    ))
+}
+
+fn app(c: &Compiled) -> &crate::route::Service {
+    c.table
+        .services
+        .iter()
+        .find(|s| &*s.name == "app")
+        .expect("service app")
+}
+
+#[test]
+fn a_full_data_section_compiles_to_its_policy() {
+    use crate::route::data::{PrimarySource, Ryw, WriteMode, is_write, sign_cookie, verify_cookie};
+    use http::Method;
+    use std::time::Duration;
+
+    let dir = pem_dir();
+    // `secret_file` is relative: it resolves against the configuration file's directory.
+    let text = data_config(
+        "writes = \"primary\"\nprimary = \"ap\"\nrole_header = \"X-Role\"\nlag_header = \"X-Lag\"\n\
+         max_read_lag = \"10s\"\nread_lag_recover = \"4s\"\nread_your_writes = \"15s\"\n\
+         secret_file = \"rw.key\"\ncookie = \"rw\"\nwrite_hold = \"2500ms\"\n\
+         write_methods = [\"post\", \"PURGE\"]",
+    );
+    let (health, pool) = (HealthRegistry::default(), UpstreamPool::default());
+    let ctx = CompileCtx {
+        health: &health,
+        pool: &pool,
+    };
+    let c = compile_str(&text, &dir.path().join("t.toml"), &ctx)
+        .unwrap_or_else(|e| panic!("{e}\nin:\n{text}"));
+    let svc = app(&c);
+    let d = svc.data.as_ref().expect("a data policy");
+    assert_eq!(d.writes, WriteMode::Primary);
+    let PrimarySource::Static(sr) = d.primary else {
+        panic!("{:?}", d.primary)
+    };
+    assert_eq!(&*c.table.regions[svc.regions[sr].region].name, "ap");
+    assert_eq!(d.role_header.as_str(), "x-role");
+    assert_eq!(d.lag_header.as_str(), "x-lag");
+    assert_eq!(d.max_read_lag_ms, Some(10_000));
+    assert_eq!(d.read_lag_recover_ms, 4_000);
+    assert_eq!(d.write_hold, Duration::from_millis(2_500));
+    assert_eq!(
+        &*d.write_methods,
+        &[Method::POST, Method::from_bytes(b"PURGE").unwrap()]
+    );
+    assert_eq!(d.regions.len(), 2);
+    let ryw = d.ryw.as_ref().expect("read-your-writes");
+    assert_eq!((ryw.ttl_ms, &*ryw.cookie), (15_000, "rw"));
+    // The key is the file's content with the surrounding whitespace trimmed.
+    let expected = Ryw {
+        ttl_ms: 15_000,
+        cookie: "rw".into(),
+        key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, GOOD_KEY.as_bytes()),
+    };
+    let mut buf = [0u8; 96];
+    let value = sign_cookie(ryw, "app", 1_700_000_000_000, &mut buf);
+    assert_eq!(
+        verify_cookie(&expected, "app", value, 1_700_000_001_000),
+        Ok(1_700_000_000_000)
+    );
+    // The route's rules: the longest matching prefix decides, then the write methods.
+    let route = &c.table.routes[0];
+    assert_eq!(route.rw_rules.len(), 3);
+    for (method, path, write) in [
+        ("POST", "/search?q=x", false),
+        ("POST", "/orders", true),
+        ("PURGE", "/cache", true),
+        ("PUT", "/orders", false),
+        ("DELETE", "/orders", false),
+        ("GET", "/rpc/getUser", true),
+        ("GET", "/logout", true),
+        ("HEAD", "/logout", false),
+        ("GET", "/orders", false),
+    ] {
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        assert_eq!(is_write(d, route, &m, path), write, "{method} {path}");
+    }
+}
+
+#[test]
+fn data_defaults() {
+    use crate::route::data::{PrimarySource, WriteMode};
+    use http::Method;
+
+    let c = compile(&data_config("writes = \"primary\"\nprimary = \"eu\"")).unwrap();
+    let svc = app(&c);
+    let d = svc.data.as_ref().expect("a data policy");
+    let PrimarySource::Static(sr) = d.primary else {
+        panic!("{:?}", d.primary)
+    };
+    assert_eq!(&*c.table.regions[svc.regions[sr].region].name, "eu");
+    assert_eq!(d.role_header.as_str(), "x-db-role");
+    assert_eq!(d.lag_header.as_str(), "x-db-replica-lag");
+    assert_eq!((d.max_read_lag_ms, d.read_lag_recover_ms), (None, 0));
+    assert_eq!(d.write_hold, std::time::Duration::from_secs(5));
+    assert!(d.ryw.is_none());
+    assert_eq!(
+        &*d.write_methods,
+        &[Method::POST, Method::PUT, Method::PATCH, Method::DELETE]
+    );
+    // An empty section: writes anywhere, the primary learned; recovery at half the maximum lag.
+    let c = compile(&data_config("max_read_lag = \"30s\"")).unwrap();
+    let d = app(&c).data.as_ref().expect("a data policy");
+    assert_eq!((d.writes, d.primary), (WriteMode::Any, PrimarySource::Auto));
+    assert_eq!(
+        (d.max_read_lag_ms, d.read_lag_recover_ms),
+        (Some(30_000), 15_000)
+    );
+    // No section, no policy.
+    let c = compile(&config("")).unwrap();
+    assert!(app(&c).data.is_none());
+}
+
+#[test]
+fn signing_key_errors_name_the_source_never_the_key() {
+    let dir = pem_dir();
+    let d = dir.path().display().to_string();
+    for (keys, path) in [
+        (format!("secret_file = \"{d}/short.key\""), "secret_file"),
+        (
+            format!(
+                "secret_file = \"{d}/short.key\"\nsecret_env = \"GEOLB_TEST_SECRET_NEVER_SET\""
+            ),
+            "secret_env",
+        ),
+        (
+            format!("secret_file = \"{d}/missing-rw.key\""),
+            "secret_file",
+        ),
+    ] {
+        let text = data_config(&format!("read_your_writes = \"15s\"\n{keys}"));
+        let errors = compile(&text).err().expect("invalid").0;
+        let all = ConfigErrors(errors.clone()).to_string();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.path == format!("services.app.data.{path}")),
+            "{all}"
+        );
+        assert!(!all.contains(SHORT_KEY), "a key was printed: {all}");
+    }
+    // A missing file is named with the directory it was looked for in.
+    let text = data_config("read_your_writes = \"15s\"\nsecret_file = \"nowhere/rw.key\"");
+    let (health, pool) = (HealthRegistry::default(), UpstreamPool::default());
+    let ctx = CompileCtx {
+        health: &health,
+        pool: &pool,
+    };
+    let errors = compile_str(&text, &dir.path().join("t.toml"), &ctx)
+        .err()
+        .expect("invalid");
+    let want = dir.path().join("nowhere/rw.key").display().to_string();
+    assert!(errors.to_string().contains(&want), "{errors}");
+}
+
+#[test]
+fn a_signing_key_from_the_environment() {
+    // Library code forbids `unsafe`, so `set_var` is out: use variables the test runs with.
+    let usable = |len: &dyn Fn(usize) -> bool| {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .find(|(k, v)| {
+                k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && len(v.trim_ascii().len())
+            })
+    };
+    if let Some((name, value)) = usable(&|n| n >= 32) {
+        let text = data_config(&format!(
+            "read_your_writes = \"15s\"\nsecret_env = \"{name}\""
+        ));
+        let c = compile(&text).unwrap_or_else(|e| panic!("{e}"));
+        let ryw = app(&c).data.as_ref().unwrap().ryw.as_ref().expect("ryw");
+        let expected = crate::route::data::Ryw {
+            ttl_ms: 15_000,
+            cookie: "geolb_rw".into(),
+            key: aws_lc_rs::hmac::Key::new(
+                aws_lc_rs::hmac::HMAC_SHA256,
+                value.trim_ascii().as_bytes(),
+            ),
+        };
+        let mut buf = [0u8; 96];
+        let v = crate::route::data::sign_cookie(ryw, "app", 5_000, &mut buf);
+        assert_eq!(
+            crate::route::data::verify_cookie(&expected, "app", v, 6_000),
+            Ok(5_000)
+        );
+    }
+    if let Some((name, value)) = usable(&|n| (1..32).contains(&n)) {
+        let text = data_config(&format!(
+            "read_your_writes = \"15s\"\nsecret_env = \"{name}\""
+        ));
+        let errors = compile(&text).err().expect("a short key").0;
+        let want = format!("the key is {} bytes", value.trim_ascii().len());
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.path == "services.app.data.secret_env" && e.message.contains(&want)),
+            "{}",
+            ConfigErrors(errors)
+        );
+    }
 }

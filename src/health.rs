@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::time::now_ms;
 
 pub mod db;
+pub mod dbspec;
 
 /// Passive ejection settings for one service.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -335,9 +335,12 @@ fn data_gauges(
     );
     for (sr, r) in svc.srs().zip(svc.regions.iter()) {
         let region = SharedString::from_shared(snap.table.regions[r.region].name.clone());
-        let lag = data::region_view(svc, sr, now)
-            .lag_ms
-            .map_or(f64::NAN, |l| l as f64 / 1000.0);
+        let lag = match data::region_view(svc, sr, now).lag_ms {
+            None => f64::NAN,
+            // Replication stopped or broken: infinitely behind.
+            Some(crate::health::db::LAG_UNBOUNDED_MS) => f64::INFINITY,
+            Some(l) => l as f64 / 1000.0,
+        };
         metrics::gauge!(REGION_REPLICA_LAG, "service" => s.clone(), "region" => region.clone())
             .set(lag);
         metrics::gauge!(PRIMARY_REGION, "service" => s.clone(), "region" => region).set(

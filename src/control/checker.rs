@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderName, Request, Uri, header};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::control::dbprobe::DbProbeTasks;
 use crate::health::db::DbRole;
 use crate::health::{BackendHealth, BackendKey};
 use crate::observe::events::EventLog;
@@ -26,10 +27,12 @@ type Running = (
     CancellationToken,
 );
 
-/// Running probe tasks by backend identity.
+/// Running probe tasks by backend identity, and the database probes.
 pub(crate) struct Checker {
     /// Probe tasks by backend identity, with what they were started with.
     running: HashMap<BackendKey, Running>,
+    /// Database probes (`[services.NAME.data] databases`), reconciled alongside.
+    databases: DbProbeTasks,
     events: Arc<EventLog>,
 }
 
@@ -48,17 +51,20 @@ impl Checker {
     pub(crate) fn new(events: Arc<EventLog>) -> Self {
         Checker {
             running: HashMap::new(),
+            databases: DbProbeTasks::new(events.clone()),
             events,
         }
     }
 
-    /// Start probes for new backends, restart changed ones, stop removed ones.
+    /// Start probes for new backends, restart changed ones, stop removed ones; the same for
+    /// database probes.
     pub(crate) fn reconcile(
         &mut self,
         table: &RoutingTable,
         tasks: &TaskTracker,
         parent: &CancellationToken,
     ) {
+        self.databases.reconcile(table, tasks, parent);
         let mut wanted: HashMap<BackendKey, (CheckSpec, PoolKey, Target)> = HashMap::new();
         for svc in table.services.iter() {
             let Some(spec) = &svc.check else { continue };

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
+use crate::health::db::LAG_UNBOUNDED_MS;
 use crate::route::Snapshot;
 use crate::route::data::{self, DataPolicy, Primary, Skip, WriteMode};
 use crate::route::select::{self, effective_weight, region_health};
@@ -157,18 +158,20 @@ fn explain_data(
     let write_ms = q
         .wrote_secs_ago
         .map(|s| unix_ms().saturating_sub((s.max(0.0) * 1000.0) as u64));
-    let regions: Vec<Value> = svc.srs()
+    let regions: Vec<Value> = svc
+        .srs()
         .map(|sr| {
-            let v = data::region_view(svc, sr, now);
             let skip = (!write)
                 .then(|| data::read_skip(svc, policy, sr, primary, write_ms, now))
                 .flatten();
-            json!({
-                "region": name(sr),
-                "role": v.role.as_str(),
-                "lag_seconds": v.lag_ms.map(|l| l as f64 / 1000.0),
-                "skipped": skip.map(|s| match s { Skip::Lag => "lag above max_read_lag", Skip::Stale => "older than the client's last write" }),
-            })
+            let mut v = region_db(svc, policy, sr, now);
+            v["region"] = json!(name(sr));
+            v["skipped"] = json!(skip.map(|s| match s {
+                Skip::Lag => "lag above max_read_lag",
+                Skip::Stale => "older than the client's last write",
+                Skip::Unreachable => "database unreachable (unreachable = \"ineligible\")",
+            }));
+            v
         })
         .collect();
     let mut note = Value::Null;
@@ -207,14 +210,43 @@ pub fn data_status(snap: &Snapshot, svc: &Service, policy: &DataPolicy, now: u64
         "max_read_lag_seconds": policy.max_read_lag_ms.map(|m| m as f64 / 1000.0),
         "read_your_writes_seconds": policy.ryw.as_ref().map(|r| r.ttl_ms as f64 / 1000.0),
         "regions": svc.srs().map(|sr| {
-            let v = data::region_view(svc, sr, now);
-            json!({
-                "region": name(sr),
-                "role": v.role.as_str(),
-                "lag_seconds": v.lag_ms.map(|l| l as f64 / 1000.0),
-                "skipped_for_lag": policy.regions[sr.0].lag_skipped.load(std::sync::atomic::Ordering::Relaxed),
-            })
+            let mut v = region_db(svc, policy, sr, now);
+            v["region"] = json!(name(sr));
+            v["skipped_for_lag"] = json!(policy.regions[sr.0].lag_skipped.load(std::sync::atomic::Ordering::Relaxed));
+            v
         }).collect::<Vec<_>>(),
+    })
+}
+
+/// A region's database as routing sees it: role, lag (`lag_unbounded` when replication is
+/// stopped or broken), where that comes from (`source`: health answers, postgres or mysql)
+/// and, for a probed database, whether the last probe reached it and why not. Never shows a
+/// password: endpoints hold none.
+fn region_db(svc: &Service, policy: &DataPolicy, sr: SrIdx, now: u64) -> Value {
+    let v = data::region_view(svc, sr, now);
+    let unbounded = v.lag_ms == Some(LAG_UNBOUNDED_MS);
+    let endpoint = policy
+        .probes
+        .as_ref()
+        .and_then(|p| p.regions.get(sr.0)?.as_ref());
+    let probe = endpoint.map(|ep| {
+        let db = &policy.regions[sr.0];
+        let error = db.probe_error();
+        json!({
+            "endpoint": &*ep.url,
+            "ok": data::db_source(svc, sr) == data::DbSource::Probe,
+            "error": error.as_ref().map(|(why, _)| why.as_str()),
+            "message": error.as_ref().map(|(_, m)| &**m),
+            "tls": ep.tls.is_some(),
+            "heartbeat_table": ep.heartbeat_table.as_deref(),
+        })
+    });
+    json!({
+        "source": endpoint.map_or("health answers", |ep| ep.kind.as_str()),
+        "probe": probe,
+        "role": v.role.as_str(),
+        "lag_seconds": v.lag_ms.filter(|_| !unbounded).map(|l| l as f64 / 1000.0),
+        "lag_unbounded": unbounded,
     })
 }
 

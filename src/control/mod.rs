@@ -1,10 +1,11 @@
 //! The control path: configuration (file → compile → publish), reload, active health
-//! checks, the admin listener, `explain` and the status page.
+//! checks, database probes, the admin listener, `explain` and the status page.
 
 pub(crate) mod admin;
 pub(crate) mod app;
 pub(crate) mod checker;
 pub mod config;
+pub(crate) mod dbprobe;
 pub mod explain;
 pub(crate) mod reload;
 pub(crate) mod shared;

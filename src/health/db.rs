@@ -80,6 +80,11 @@ impl DbRole {
 /// Sentinel for "no value" in the atomics below.
 const NONE: u64 = u64::MAX;
 
+/// Lag of a replica whose replication is stopped or broken (MySQL's `Seconds_Behind_Source`
+/// is NULL): infinitely behind, so it is skipped by `max_read_lag` and never fresh enough for
+/// read-your-writes. Shown as "unbounded".
+pub const LAG_UNBOUNDED_MS: u64 = u64::MAX - 1;
+
 /// One reporter's view of its database (a backend's health answer, or a database probe).
 #[derive(Debug)]
 pub struct DbReport {
@@ -152,6 +157,63 @@ impl DbReport {
     }
 }
 
+/// Why a database probe failed (a bounded set: the `reason` label of
+/// `geolb_db_probe_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeError {
+    /// TCP connect refused, unreachable or the name did not resolve.
+    Connect,
+    /// The server rejected the credentials.
+    Auth,
+    /// Connect or a query did not finish within `probe_timeout`.
+    Timeout,
+    /// The connection broke, or the server spoke its protocol wrongly.
+    Protocol,
+    /// The server answered a probe query with an error (privileges, missing heartbeat table).
+    Query,
+    /// The peer answered, but not as a database of the configured kind.
+    NotDatabase,
+}
+
+impl ProbeError {
+    /// Every reason, in label order.
+    pub const ALL: [ProbeError; 6] = [
+        ProbeError::Connect,
+        ProbeError::Auth,
+        ProbeError::Timeout,
+        ProbeError::Protocol,
+        ProbeError::Query,
+        ProbeError::NotDatabase,
+    ];
+
+    /// Metric label and status word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeError::Connect => "connect",
+            ProbeError::Auth => "auth",
+            ProbeError::Timeout => "timeout",
+            ProbeError::Protocol => "protocol",
+            ProbeError::Query => "query",
+            ProbeError::NotDatabase => "not_database",
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            ProbeError::Connect => 1,
+            ProbeError::Auth => 2,
+            ProbeError::Timeout => 3,
+            ProbeError::Protocol => 4,
+            ProbeError::Query => 5,
+            ProbeError::NotDatabase => 6,
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<ProbeError> {
+        ProbeError::ALL.into_iter().find(|e| e.to_u8() == v)
+    }
+}
+
 /// Per (service, region) data-layer state that must survive reloads.
 #[derive(Debug, Default)]
 pub struct RegionDb {
@@ -163,6 +225,56 @@ pub struct RegionDb {
     pub probe: DbReport,
     /// The probe reached the database on its last attempt.
     pub probe_ok: AtomicBool,
+    /// Why the last probe failed (0 = it did not, or nothing probed yet).
+    probe_error: AtomicU8,
+    /// The last probe failure's message, for `/status` (never holds a password: probes
+    /// pass credentials separately, and drivers do not echo them).
+    probe_message: Mutex<Option<Box<str>>>,
+}
+
+impl RegionDb {
+    /// A probe reached the database and read `role` and `lag_ms` at `now_unix_ms`.
+    pub fn probe_succeeded(&self, role: DbRole, lag_ms: Option<u64>, now_unix_ms: u64) {
+        let role_changed = self.probe.record(role, lag_ms, now_unix_ms);
+        self.probe_error.store(0, Relaxed);
+        let was_ok = self.probe_ok.swap(true, Relaxed);
+        *self.probe_message.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // After `probe_ok` is set: a held write woken by the role change must see it.
+        if !was_ok || role_changed {
+            notify_changed();
+        }
+    }
+
+    /// A probe failed: the region's database is unreachable (its report is forgotten).
+    pub fn probe_failed(&self, why: ProbeError, message: &str) {
+        let was_ok = self.probe_ok.swap(false, Relaxed);
+        self.probe_error.store(why.to_u8(), Relaxed);
+        *self.probe_message.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.into());
+        self.probe.clear();
+        if was_ok {
+            notify_changed();
+        }
+    }
+
+    /// Nothing probes this region any more: forget what the last probe said.
+    pub fn probe_stopped(&self) {
+        self.probe_ok.store(false, Relaxed);
+        self.probe_error.store(0, Relaxed);
+        *self.probe_message.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.probe.clear();
+    }
+
+    /// Why the last probe failed, and its message; `None` when it did not.
+    pub fn probe_error(&self) -> Option<(ProbeError, Box<str>)> {
+        let why = ProbeError::from_u8(self.probe_error.load(Relaxed))?;
+        let msg = self
+            .probe_message
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default();
+        Some((why, msg))
+    }
 }
 
 /// Region data-layer state by identity (`service|region`), shared by every snapshot.

@@ -39,6 +39,8 @@ pub(crate) const PRIMARY_REGION: &str = "geolb_primary_region";
 pub(crate) const DATA_SPLIT_BRAIN: &str = "geolb_data_split_brain";
 pub(crate) const WRITE_HOLD_SECONDS: &str = "geolb_write_hold_seconds";
 pub(crate) const READ_YOUR_WRITES_TOTAL: &str = "geolb_read_your_writes_total";
+pub(crate) const DB_PROBE_ERRORS_TOTAL: &str = "geolb_db_probe_errors_total";
+pub(crate) const DB_PROBE_SECONDS: &str = "geolb_db_probe_seconds";
 
 /// Countries that get their own label in `geolb_geo_country_requests_total`; the rest are
 /// counted as `other` (first come, first labelled; bounded cardinality).
@@ -171,7 +173,7 @@ fn describe_data() {
     );
     describe_gauge!(
         REGION_REPLICA_LAG,
-        "Replica lag of a region's database as last reported, seconds (NaN when unknown)."
+        "Replica lag of a region's database as last reported, seconds (NaN when unknown, +Inf when replication is stopped or broken)."
     );
     describe_gauge!(
         PRIMARY_REGION,
@@ -189,6 +191,15 @@ fn describe_data() {
     describe_counter!(
         READ_YOUR_WRITES_TOTAL,
         "Reads carrying a read-your-writes cookie, by service and decision (nearest, redirected, fallback, invalid)."
+    );
+    describe_counter!(
+        DB_PROBE_ERRORS_TOTAL,
+        "Failed database probes, by service, region and reason (connect, auth, timeout, protocol, query, not_database)."
+    );
+    describe_histogram!(
+        DB_PROBE_SECONDS,
+        metrics::Unit::Seconds,
+        "Time one database probe took (connect when needed, then the role and lag queries), by service and region."
     );
 }
 
@@ -279,6 +290,35 @@ impl DataMetrics {
             ryw: ryw.map(
                 |d| counter!(READ_YOUR_WRITES_TOTAL, "service" => service.clone(), "decision" => d),
             ),
+        }
+    }
+}
+
+/// Pre-bound handles for one database probe (service × region).
+#[derive(Debug, Clone)]
+pub(crate) struct DbProbeMetrics {
+    /// Failures by reason, in the order of the labels given to `new`.
+    pub(crate) errors: [Counter; 6],
+    /// Probe duration.
+    pub(crate) seconds: Histogram,
+}
+
+impl DbProbeMetrics {
+    /// Handles for `service` and `region`, every error counter created at 0 (so the families
+    /// exist from the start).
+    pub(crate) fn new(service: &str, region: &str, reasons: [&'static str; 6]) -> Self {
+        let (s, r) = (
+            SharedString::from(service.to_owned()),
+            SharedString::from(region.to_owned()),
+        );
+        let errors = reasons.map(|why| {
+            let c = counter!(DB_PROBE_ERRORS_TOTAL, "service" => s.clone(), "region" => r.clone(), "reason" => why);
+            c.increment(0);
+            c
+        });
+        DbProbeMetrics {
+            errors,
+            seconds: histogram!(DB_PROBE_SECONDS, "service" => s, "region" => r),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 
 use crate::health::db::{DbRole, DbView, RegionDb};
+use crate::health::dbspec::{DbProbes, Unreachable};
 use crate::observe::metrics::DataMetrics;
 use crate::route::select::RegionOrder;
 use crate::route::{Route, Service, SrIdx};
@@ -65,6 +66,8 @@ pub struct DataPolicy {
     pub write_methods: Box<[Method]>,
     /// Per service region (same index): state that survives reloads.
     pub regions: Box<[Arc<RegionDb>]>,
+    /// Database probes (`databases`): the regions they cover take role and lag from them.
+    pub probes: Option<DbProbes>,
     /// Pre-bound metric handles.
     pub(crate) metrics: DataMetrics,
 }
@@ -98,10 +101,59 @@ pub fn is_write(policy: &DataPolicy, route: &Route, method: &Method, path: &str)
     best.map_or_else(|| policy.write_methods.contains(method), |(_, w)| w)
 }
 
-/// A region's database as routing sees it: the probe's report when probes are configured,
-/// else the most conservative report among its available backends (any primary makes the
-/// region primary; the largest lag and the oldest data win).
+/// Where a region's role and lag come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbSource {
+    /// Its backends' health answers.
+    HealthAnswers,
+    /// A database probe that reached the database on its last attempt.
+    Probe,
+    /// A database probe that did not: the region is not eligible for writes (nor for reads
+    /// with `unreachable = "ineligible"`).
+    ProbeFailed,
+}
+
+/// Where region `sr`'s role and lag come from now.
+pub fn db_source(svc: &Service, sr: SrIdx) -> DbSource {
+    let Some(policy) = &svc.data else {
+        return DbSource::HealthAnswers;
+    };
+    let probed = policy
+        .probes
+        .as_ref()
+        .is_some_and(|p| p.regions.get(sr.0).is_some_and(Option::is_some));
+    if !probed {
+        DbSource::HealthAnswers
+    } else if policy.regions[sr.0].probe_ok.load(Relaxed) {
+        DbSource::Probe
+    } else {
+        DbSource::ProbeFailed
+    }
+}
+
+/// Nothing known.
+const UNKNOWN: DbView = DbView {
+    role: DbRole::Unknown,
+    lag_ms: None,
+    as_of_ms: None,
+};
+
+/// A region's database as routing sees it: the probe's report when the service probes that
+/// region's database (nothing while the probe fails), else the most conservative report
+/// among its available backends (any primary makes the region primary; the largest lag and
+/// the oldest data win).
 pub fn region_view(svc: &Service, sr: SrIdx, now: u64) -> DbView {
+    match db_source(svc, sr) {
+        DbSource::HealthAnswers => backends_view(svc, sr, now),
+        DbSource::ProbeFailed => UNKNOWN,
+        DbSource::Probe => svc
+            .data
+            .as_ref()
+            .map_or(UNKNOWN, |p| p.regions[sr.0].probe.view()),
+    }
+}
+
+fn backends_view(svc: &Service, sr: SrIdx, now: u64) -> DbView {
     let mut role = DbRole::Unknown;
     let mut lag: Option<u64> = None;
     let mut as_of: Option<u64> = None;
@@ -167,10 +219,14 @@ pub enum Primary {
     SplitBrain,
 }
 
-/// The primary region now. With a static primary, that region; with `auto`, the one region
-/// whose available backends report `primary`.
+/// The primary region now. With a static primary, that region (unless its database probe
+/// fails); with `auto`, the one region whose database probe (or available backends) report
+/// `primary`. A region whose probe fails is never the primary.
 pub fn primary(svc: &Service, policy: &DataPolicy, now: u64) -> Primary {
     if let PrimarySource::Static(sr) = policy.primary {
+        if db_source(svc, sr) == DbSource::ProbeFailed {
+            return Primary::None;
+        }
         return Primary::One(sr);
     }
     let mut found = Primary::None;
@@ -192,6 +248,8 @@ pub enum Skip {
     Lag,
     /// Older than the client's last write (read-your-writes).
     Stale,
+    /// Its database probe fails and `unreachable = "ineligible"`.
+    Unreachable,
 }
 
 /// Should a read skip service region `sr`? `write_ms` is the client's last write (Unix ms)
@@ -204,6 +262,15 @@ pub fn read_skip(
     write_ms: Option<u64>,
     now: u64,
 ) -> Option<Skip> {
+    let source = db_source(svc, sr);
+    if source == DbSource::ProbeFailed
+        && policy
+            .probes
+            .as_ref()
+            .is_some_and(|p| p.unreachable == Unreachable::Ineligible)
+    {
+        return Some(Skip::Unreachable);
+    }
     let view = region_view(svc, sr, now);
     if primary == Primary::One(sr) || view.role == DbRole::Primary {
         return None;

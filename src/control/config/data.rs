@@ -7,6 +7,7 @@ use http::{HeaderName, Method};
 use serde::Deserialize;
 
 use super::compile::Compiler;
+use super::databases::{DatabaseFile, UnreachableFile};
 use crate::observe::metrics::DataMetrics;
 use crate::route::data::{DataPolicy, PrimarySource, RwRule, Ryw, RywDecision, WriteMode};
 use crate::route::{CheckKind, CheckSpec, SrIdx};
@@ -40,6 +41,17 @@ pub(crate) struct DataFile {
     pub write_hold: Option<String>,
     /// Methods that are writes (default POST, PUT, PATCH, DELETE).
     pub write_methods: Option<Vec<String>>,
+    /// Databases probed for role and lag, one per region (those regions then ignore their
+    /// backends' health answers).
+    #[serde(default)]
+    pub databases: Vec<DatabaseFile>,
+    /// Time between database probes (default 1s).
+    pub probe_interval: Option<String>,
+    /// Deadline for a probe's connect and each query (default 2s).
+    pub probe_timeout: Option<String>,
+    /// What an unreachable database makes of its region (default: ineligible for writes).
+    #[serde(default)]
+    pub unreachable: UnreachableFile,
 }
 
 /// Where writes may go, as written.
@@ -103,6 +115,7 @@ impl Compiler<'_, '_> {
         );
         let ryw = self.ryw(&p, d);
         let write_methods = self.write_methods(&p, d);
+        let probes = self.db_probes(&p, d, regions);
         let names: Vec<metrics::SharedString> = regions
             .iter()
             .map(|r| metrics::SharedString::from(r.to_string()))
@@ -131,6 +144,7 @@ impl Compiler<'_, '_> {
                 .iter()
                 .map(|r| db.region_db(&format!("{service}|{r}")))
                 .collect(),
+            probes,
             metrics,
         })
     }
@@ -153,10 +167,10 @@ impl Compiler<'_, '_> {
             }
             None | Some("auto") => {
                 let http = check.is_some_and(|c| matches!(c.kind, CheckKind::Http { .. }));
-                if d.writes == WritesFile::Primary && !http {
+                if d.writes == WritesFile::Primary && !http && d.databases.is_empty() {
                     self.err(
                         &path,
-                        "\"auto\" learns the primary from health answers: the service needs an HTTP health check (`health.path`)",
+                        "\"auto\" learns the primary from health answers: the service needs an HTTP health check (`health.path`), or `databases` to probe",
                     );
                 }
                 Some(PrimarySource::Auto)

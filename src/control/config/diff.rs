@@ -16,6 +16,10 @@ pub struct ConfigView {
     pub services: BTreeMap<String, String>,
     /// `service/backend` → (region, weight)
     pub backends: BTreeMap<String, (String, u32)>,
+    /// `service/region` → probed database (its URL, which never holds a password, and
+    /// options); absent in views from older instances.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub databases: BTreeMap<String, String>,
 }
 
 impl ConfigView {
@@ -32,6 +36,19 @@ impl ConfigView {
                 let region = t.region_of(s, b.region).name.to_string();
                 v.backends
                     .insert(format!("{}/{}", s.name, b.name), (region, b.weight));
+            }
+            let probes = s.data.as_ref().and_then(|d| d.probes.as_ref());
+            for (sr, ep) in probes.iter().flat_map(|p| s.srs().zip(p.regions.iter())) {
+                let Some(ep) = ep else { continue };
+                let region = &t.region_of(s, sr).name;
+                let mut desc = ep.url.to_string();
+                if ep.tls.is_some() {
+                    desc.push_str(" tls");
+                }
+                if let Some(h) = &ep.heartbeat_table {
+                    desc.push_str(&format!(" heartbeat {h}"));
+                }
+                v.databases.insert(format!("{}/{region}", s.name), desc);
             }
         }
         v
@@ -80,6 +97,20 @@ pub fn diff(old: &ConfigView, new: &ConfigView) -> Vec<String> {
         .filter(|k| !new.backends.contains_key(*k))
     {
         out.push(format!("- backend {k}"));
+    }
+    for (k, v) in &new.databases {
+        match old.databases.get(k) {
+            None => out.push(format!("+ database {k} ({v})")),
+            Some(o) if o != v => out.push(format!("~ database {k}: {o} -> {v}")),
+            _ => {}
+        }
+    }
+    for k in old
+        .databases
+        .keys()
+        .filter(|k| !new.databases.contains_key(*k))
+    {
+        out.push(format!("- database {k}"));
     }
     out
 }

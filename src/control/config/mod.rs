@@ -3,6 +3,7 @@
 
 pub mod compile;
 mod data;
+mod databases;
 pub mod diag;
 pub mod diff;
 pub(crate) mod file;

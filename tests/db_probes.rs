@@ -457,13 +457,23 @@ async fn probe_failures_name_their_reason_and_never_hang() {
     let pg = db::PgCluster::start(&bin).await;
     let wrong = pg.dir.path().join("wrong-password");
     std::fs::write(&wrong, "definitely-not-the-password-93kq\n").unwrap();
+    let certs = TestCerts::generate(pg.dir.path());
+    pg.primary
+        .enable_ssl(&certs.dir.join("a.pem"), &certs.dir.join("a.key"))
+        .await;
     let (silent, silent_task) = silent_listener().await;
     let closed = db::free_port();
     let fra = TestBackend::spawn("fra-1", EU).await;
     let sin = TestBackend::spawn("sin-1", AP).await;
     let probe = "probe_interval = \"200ms\"\nprobe_timeout = \"500ms\"";
+    let tls_dbs = format!(
+        "databases = [\n  {{ region = \"{EU}\", postgres = \"{url}\", password_file = \"{pw}\", tls = true, ca_file = \"{ca}\" }},\n  {{ region = \"{AP}\", postgres = \"{url}\", password_file = \"{pw}\", tls = true }},\n]\n",
+        url = pg.primary.url(),
+        pw = pg.password_file.display(),
+        ca = certs.dir.join("ca.pem").display(),
+    );
     let cfg = format!(
-        "{}\n[services.creds.data]\n{probe}\n{}\n{}\n[services.peers.data]\n{probe}\nunreachable = \"ineligible\"\n{}\n[[routes]]\nservice = \"creds\"\n",
+        "{}\n[services.creds.data]\n{probe}\n{}\n{}\n[services.peers.data]\n{probe}\nunreachable = \"ineligible\"\n{}\n{}\n[services.tls.data]\n{probe}\n{}\n[[routes]]\nservice = \"creds\"\n",
         service_toml("creds", &[&fra, &sin], ""),
         databases(
             "postgres",
@@ -478,6 +488,8 @@ async fn probe_failures_name_their_reason_and_never_hang() {
             &format!("postgres://geolb@127.0.0.1:{closed}/app"),
             "",
         ),
+        service_toml("tls", &[&fra, &sin], ""),
+        tls_dbs,
     );
     let mut g = Geolb::start(&cfg).await;
     let reason = |d: &Value, r: &str| region(d, r)["probe"]["error"].as_str().map(str::to_owned);
@@ -502,6 +514,21 @@ async fn probe_failures_name_their_reason_and_never_hang() {
     .await;
     assert_eq!(reason(&d, EU).as_deref(), Some("not_database"), "{d:#}");
     assert_eq!(reason(&d, AP).as_deref(), Some("connect"), "{d:#}");
+
+    // TLS: verified against the configured CA it works; against the system's roots the
+    // test CA is unknown, and the handshake fails as a connect error that says why.
+    let d = wait_data(&g, "tls", "a TLS probe to succeed and one to fail", |d| {
+        region(d, EU)["probe"]["ok"] == true && reason(d, AP).is_some()
+    })
+    .await;
+    assert_eq!(d["primary"], EU, "{d:#}");
+    assert_eq!(region(&d, EU)["probe"]["tls"], true, "{d:#}");
+    assert_eq!(reason(&d, AP).as_deref(), Some("connect"), "{d:#}");
+    let msg = region(&d, AP)["probe"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(msg.contains("TLS") || msg.contains("certificate"), "{msg}");
 
     // The loops go on: the silent listener times out again and again (nothing hangs).
     let count = |m: &str, svc: &str, r: &str, why: &str| {

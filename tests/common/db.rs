@@ -285,6 +285,34 @@ impl PgServer {
             .unwrap_or_else(|e| panic!("{} `{sql}`: {e:?}", self.process.name));
     }
 
+    /// Turn TLS on (`ssl = on` and a reload) with this certificate and key.
+    pub async fn enable_ssl(&self, cert: &Path, key: &Path) {
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let dest = self.data.join(to);
+            std::fs::copy(from, &dest).unwrap();
+            std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            chown_to_server_user(&dest);
+        }
+        let c = self.admin().await;
+        for sql in [
+            "ALTER SYSTEM SET ssl = on",
+            "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+            "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+            "SELECT pg_reload_conf()",
+        ] {
+            c.batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        }
+        poll(
+            "ssl to be on",
+            || self.process.log_tail(),
+            || async { (self.query_text("SHOW ssl").await? == "on").then_some(()) },
+        )
+        .await;
+    }
+
     /// The first column of the first row of `sql`, as text.
     pub async fn query_text(&self, sql: &str) -> Option<String> {
         let c = self.try_admin().await.ok()?;

@@ -39,8 +39,6 @@ pub(crate) struct DataFile {
     pub cookie: Option<String>,
     /// Longest wait for a primary before a write is answered 503 (default 5s).
     pub write_hold: Option<String>,
-    /// Methods that are writes (default POST, PUT, PATCH, DELETE).
-    pub write_methods: Option<Vec<String>>,
     /// Databases probed for role and lag, one per region (those regions then ignore their
     /// backends' health answers).
     #[serde(default)]
@@ -52,6 +50,9 @@ pub(crate) struct DataFile {
     /// What an unreachable database makes of its region (default: ineligible for writes).
     #[serde(default)]
     pub unreachable: UnreachableFile,
+    // (`write_methods` stays last: unknown-field errors list the fields in this order.)
+    /// Methods that are writes (default POST, PUT, PATCH, DELETE).
+    pub write_methods: Option<Vec<String>>,
 }
 
 /// Where writes may go, as written.

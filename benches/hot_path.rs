@@ -190,6 +190,28 @@ fn bench_hot_path(c: &mut Criterion) {
     c.bench_function("select/pick_least_request", |b| {
         b.iter(|| select::pick(&route.service, black_box(&order), now_ms(), 0, &[]))
     });
+    // The same pick under lb = "peak_ewma", every backend with a latency estimate.
+    let ewma_health = HealthRegistry::default();
+    let ewma_ctx = CompileCtx {
+        health: &ewma_health,
+        pool: &pool,
+    };
+    let ewma_text = config(1, 4).replace("[services.s0]\n", "[services.s0]\nlb = \"peak_ewma\"\n");
+    let ewma_table = compile_str(&ewma_text, Path::new("bench.toml"), &ewma_ctx)
+        .unwrap()
+        .table;
+    let ewma_route = ewma_table
+        .match_route("shop.example.com", "/api/x")
+        .unwrap();
+    let svc = &ewma_route.service;
+    for (i, be) in svc.backends.iter().enumerate() {
+        be.health
+            .observe_latency(1_000.0 * (i + 1) as f64, now_ms(), svc.ewma_decay_ms);
+    }
+    let ewma_order = select::order_regions(ewma_route, &ewma_table.regions, peer, None);
+    c.bench_function("select/pick_peak_ewma", |b| {
+        b.iter(|| select::pick(svc, black_box(&ewma_order), now_ms(), 0, &[]))
+    });
     let mut base = HeaderMap::new();
     for (k, v) in [
         ("host", "shop.example.com"),

@@ -43,6 +43,10 @@ pub struct BackendHealth {
     ejections: AtomicU32,
     /// Requests in flight (least-request balancing).
     pub inflight: AtomicU32,
+    /// Peak-EWMA latency (`lb = "peak_ewma"`): the time of the last sample (`now_ms`, low 32
+    /// bits) in the high half, the estimate in microseconds (`f32` bits) in the low half, so
+    /// one compare-and-swap updates both.
+    latency: AtomicU64,
     /// State changes, for operators.
     pub transitions: AtomicU64,
     /// The backend's database role and lag, from its health answers.
@@ -61,6 +65,7 @@ impl BackendHealth {
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
+            latency: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
             db: db::DbReport::default(),
         }
@@ -131,6 +136,39 @@ impl BackendHealth {
         }
     }
 
+    /// Record a response that took `rtt_us` microseconds, at `now` (ms from `time::now_ms`),
+    /// into the peak-EWMA estimate with time constant `decay_ms`: a sample above the current
+    /// estimate replaces it (fast rise); one below is blended in with weight
+    /// `1 − e^(−elapsed/decay)`, `elapsed` being the time since the previous sample (slow decay).
+    pub fn observe_latency(&self, rtt_us: f64, now: u64, decay_ms: u64) {
+        let mut cur = self.latency.load(Relaxed);
+        loop {
+            let w = decay_weight(cur, now, decay_ms);
+            let est = f64::from(f32::from_bits(cur as u32));
+            let next = if rtt_us > est * w {
+                rtt_us
+            } else {
+                est * w + rtt_us * (1.0 - w)
+            };
+            let new = (now & 0xFFFF_FFFF) << 32 | u64::from((next as f32).to_bits());
+            match self
+                .latency
+                .compare_exchange_weak(cur, new, Relaxed, Relaxed)
+            {
+                Ok(_) => return,
+                Err(v) => cur = v,
+            }
+        }
+    }
+
+    /// The peak-EWMA latency estimate at `now`, microseconds: the last estimate decayed toward
+    /// zero since its sample, so a backend left alone because it was slow is tried again after
+    /// a while (as Finagle and Linkerd do). 0 before the first sample.
+    pub fn latency_estimate(&self, now: u64, decay_ms: u64) -> f64 {
+        let cur = self.latency.load(Relaxed);
+        f64::from(f32::from_bits(cur as u32)) * decay_weight(cur, now, decay_ms)
+    }
+
     /// A live request succeeded.
     pub fn observe_success(&self) {
         if self.passive_failures.load(Relaxed) != 0 {
@@ -164,6 +202,19 @@ impl BackendHealth {
         self.transitions.fetch_add(1, Relaxed);
         true
     }
+}
+
+/// `e^(−elapsed/decay)` for a packed latency word, `elapsed` since its sample. Clock reads
+/// racing by a little count as no time; a word older than the 32-bit clock can tell (24 days)
+/// counts as fully decayed.
+fn decay_weight(word: u64, now: u64, decay_ms: u64) -> f64 {
+    let d = (now as u32).wrapping_sub((word >> 32) as u32) as i32;
+    let elapsed = match d {
+        i32::MIN..-60_000 => return 0.0,
+        -60_000..0 => 0.0,
+        _ => f64::from(d),
+    };
+    (-elapsed / decay_ms.max(1) as f64).exp()
 }
 
 /// A backend's identity across reloads: its service and its configured address or URL.
@@ -265,6 +316,28 @@ mod tests {
             assert!(!g.observe_failure(&P, false));
         }
         assert!(g.is_available(now_ms()));
+    }
+
+    #[test]
+    fn peak_ewma_rises_at_once_and_decays_slowly() {
+        let h = BackendHealth::new(true);
+        let t = 3_600_000;
+        assert_eq!(h.latency_estimate(t, 10_000), 0.0);
+        h.observe_latency(1_000.0, t, 10_000);
+        assert_eq!(h.latency_estimate(t, 10_000), 1_000.0);
+        // A slower sample replaces the estimate at once.
+        h.observe_latency(40_000.0, t + 100, 10_000);
+        assert_eq!(h.latency_estimate(t + 100, 10_000), 40_000.0);
+        // Faster samples pull it down by 1 − e^(−elapsed/decay) each.
+        h.observe_latency(1_000.0, t + 1_100, 10_000);
+        let w = (-0.1f64).exp();
+        let want = 40_000.0 * w + 1_000.0 * (1.0 - w);
+        assert!((h.latency_estimate(t + 1_100, 10_000) - want).abs() < 1.0);
+        // Without samples it decays toward zero: one time constant leaves 1/e.
+        let later = h.latency_estimate(t + 11_100, 10_000);
+        assert!((later - want / std::f64::consts::E).abs() < 1.0, "{later}");
+        // A slightly earlier clock read (another thread) counts as no time.
+        assert!((h.latency_estimate(t + 1_090, 10_000) - want).abs() < 1.0);
     }
 
     #[test]

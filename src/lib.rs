@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | 7 | `control` | config file → compile → publish, reload, checks, admin, explain |
 //! | 6 | `net` | listeners, accept, PROXY protocol, TLS handshake, h1/h2 serving |
-//! | 5 | `proxy` | the request pipeline, headers, response bodies, tunnels |
+//! | 5 | `proxy`, `dns` | the request pipeline, headers, response bodies, tunnels; GeoDNS |
 //! | 4 | `route` | route table, client IP, region order, backend pick, snapshot |
 //! | 3 | `upstream` | pooled upstream clients, request bodies, failure classification |
 //! | 2 | `health`, `observe` | health atomics; metrics, access log, events |
@@ -26,6 +26,7 @@
 #![warn(unreachable_pub, missing_docs, clippy::too_many_lines)]
 
 pub(crate) mod control;
+pub mod dns;
 pub mod geo;
 pub mod health;
 pub(crate) mod net;

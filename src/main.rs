@@ -56,6 +56,18 @@ enum Cmd {
         /// Explain a read by a client that wrote this many seconds ago (read-your-writes).
         #[arg(long)]
         wrote_secs_ago: Option<f64>,
+        /// Explain a DNS answer instead ([dns]): for --name, asked by the resolver at --ip.
+        #[arg(long)]
+        dns: bool,
+        /// With --dns: the name asked for (default: --host).
+        #[arg(long)]
+        name: Option<String>,
+        /// With --dns: the query's EDNS Client Subnet, e.g. 81.2.69.0/24.
+        #[arg(long)]
+        subnet: Option<String>,
+        /// With --dns: ask for AAAA instead of A.
+        #[arg(long)]
+        aaaa: bool,
     },
 }
 
@@ -87,10 +99,35 @@ fn real_main() -> Result<()> {
         }) => std::process::exit(check(&file, diff, admin, token.as_deref())),
         Some(Cmd::Explain {
             ip,
+            name,
+            subnet,
+            aaaa,
+            dns: true,
+            host,
+            ..
+        }) => {
+            let subnet = match subnet {
+                Some(s) => Some(
+                    geolb::dns::explain::parse_subnet(&s)
+                        .context("--subnet: expected ADDRESS/PREFIX, e.g. 81.2.69.0/24")?,
+                ),
+                None => None,
+            };
+            let q = geolb::dns::explain::DnsQuery {
+                name: name.as_deref().unwrap_or(&host),
+                ip,
+                subnet,
+                aaaa,
+            };
+            explain_dns(&cli.config, &q)
+        }
+        Some(Cmd::Explain {
+            ip,
             host,
             path,
             method,
             wrote_secs_ago,
+            ..
         }) => {
             let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
                 .context("--method")?;
@@ -236,8 +273,29 @@ fn fetch_running_view(admin: &str, token: Option<&str>) -> Result<geolb::config:
     })
 }
 
+/// `geolb explain --dns`: what the DNS listener of `config` would answer.
+fn explain_dns(config: &std::path::Path, q: &geolb::dns::explain::DnsQuery<'_>) -> Result<()> {
+    let mut c = compile_offline(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dns = c
+        .dns
+        .take()
+        .context("the configuration has no [dns] section")?;
+    let snap = offline_snapshot(c)?;
+    let v = geolb::dns::explain::explain(&dns, &snap, q);
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
 fn explain(config: &std::path::Path, q: &geolb::explain::Query<'_>) -> Result<()> {
     let c = compile_offline(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snap = offline_snapshot(c)?;
+    let v = geolb::explain::explain_query(&snap, q);
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// The snapshot a compiled configuration would publish (geo database loaded, no TLS).
+fn offline_snapshot(c: geolb::config::Compiled) -> Result<geolb::route::Snapshot> {
     let geo = match c.geo.clone() {
         Some(g) => g,
         None => std::sync::Arc::new(geolb::geo::GeoDb::embedded()?),
@@ -251,7 +309,5 @@ fn explain(config: &std::path::Path, q: &geolb::explain::Query<'_>) -> Result<()
         summary: c.summary,
         pool_keys: c.pool_keys,
     };
-    let v = geolb::explain::explain_query(&snap, q);
-    println!("{}", serde_json::to_string_pretty(&v)?);
-    Ok(())
+    Ok(snap)
 }

@@ -268,8 +268,20 @@ async fn reads_after_a_write_wait_for_a_fresh_region_and_forged_cookies_are_igno
         v[last] = if v[last] == b'0' { b'1' } else { b'0' };
         format!("{name}={}", String::from_utf8(v).unwrap())
     };
+    // Correctly signed (the test knows the key) but older than read_your_writes: expired.
+    let expired = {
+        let key = aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            b"0123456789abcdef0123456789abcdef-test-key",
+        );
+        let ms = geolb::time::unix_ms() - 31_000;
+        let tag = aws_lc_rs::hmac::sign(&key, format!("v1.app.{ms}").as_bytes());
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("geolb_rw=v1.{ms}.{hex}")
+    };
     for bad in [
         forged.as_str(),
+        expired.as_str(),
         "geolb_rw=v1.99999999999999.00",
         "geolb_rw=garbage",
     ] {
@@ -291,7 +303,7 @@ async fn reads_after_a_write_wait_for_a_fresh_region_and_forged_cookies_are_igno
     };
     assert!(ryw("redirected") >= 1.0, "{m}");
     assert!(ryw("nearest") >= 1.0, "{m}");
-    assert_eq!(ryw("invalid"), 3.0, "{m}");
+    assert_eq!(ryw("invalid"), 4.0, "{m}");
     // A failed write sets no cookie.
     let (s, h, _) = send(&c, &g, "POST", "/status/500", IP_TOKYO, None).await;
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);

@@ -188,8 +188,8 @@ impl WriteLoad {
     }
 }
 
-/// Once geolb has seen the old primary's region leave the write path (`observed`), wait a
-/// moment for writes it had already routed to land, then count the writes that old region's
+/// Once geolb has seen the old primary's region leave the write path, wait half a second for
+/// writes it had already routed to land (a loaded machine can hold one that long), then count the writes that old region's
 /// backend received; run `promote`, wait for the new primary and for writes to flow to it;
 /// the old region must not have received one more write.
 async fn promotion_moves_writes<F: std::future::Future<Output = ()>>(
@@ -199,7 +199,7 @@ async fn promotion_moves_writes<F: std::future::Future<Output = ()>>(
     load: WriteLoad,
     promote: F,
 ) {
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let fra_before = fra.db.writes();
     let sin_before = sin.db.writes();
     let ok_before = load.ok();

@@ -143,12 +143,16 @@ async fn region_failure_spills_gradually_and_fails_back_without_errors() {
             at - since
         );
     }
-    let retries = g.shared().edge.snapshot.load().table.services[0]
-        .retries_active
-        .load(Ordering::Relaxed);
-    assert_eq!(retries, 0);
     assert_eq!(total_failed, 0, "a GET failed during the run");
     let (_, metrics) = admin_get(&g, "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "geolb_retry_budget_exhausted_total{service=\"spill\"}"
+        ),
+        0.0,
+        "the retry budget refused a retry"
+    );
     let retried: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("geolb_retries_total{service=\"spill\"}"))

@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["health", "observe"],
     &["upstream"],
     &["route"],
-    &["proxy"],
+    &["proxy", "dns"],
     &["net"],
     &["control"],
 ];

@@ -60,6 +60,9 @@ backends = [{ region = "eu", address = "10.0.0.1:80" }, { region = "ap", address
 [services.h]
 lb = "hash"
 backends = [{ region = "eu", address = "10.0.0.1:80" }, { region = "ap", address = "10.0.1.1:80" }]
+[services.pe]
+lb = "peak_ewma"
+backends = [{ region = "eu", address = "10.0.0.1:80" }, { region = "eu", address = "10.0.0.2:80" }, { region = "ap", address = "10.0.1.1:80" }]
 [[routes]]
 hosts = ["shop.example.com", "*.example.org"]
 service = "app"
@@ -70,10 +73,20 @@ service = "rr"
 [[routes]]
 hosts = ["h.example.com"]
 service = "h"
+[[routes]]
+hosts = ["pe.example.com"]
+service = "pe"
 "#;
     let table = geolb::config::compile_str(text, Path::new("t.toml"), &ctx)
         .unwrap()
         .table;
+    // Latency estimates for the peak_ewma service (one backend left unmeasured).
+    for svc in table.services.iter().filter(|s| &*s.name == "pe") {
+        for be in svc.backends.iter().skip(1) {
+            be.health
+                .observe_latency(2_000.0, geolb::time::now_ms(), svc.ewma_decay_ms);
+        }
+    }
     let trusted = TrustedNets::new(vec!["127.0.0.0/8".parse().unwrap()]);
     let mut headers = http::HeaderMap::new();
     headers.insert(
@@ -97,6 +110,7 @@ service = "h"
         "a.example.org",
         "rr.example.com",
         "h.example.com",
+        "pe.example.com",
     ];
     let run = || {
         let mut picked = 0usize;

@@ -142,6 +142,9 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> AdminResp {
             StatusCode::OK,
             &json!(crate::control::config::diff::ConfigView::of(&snap.table)),
         ),
+        (&Method::GET, "/explain") if query(req.uri().query().unwrap_or(""), "dns").is_some() => {
+            dns_explain(req.uri().query().unwrap_or(""), shared)
+        }
         (&Method::GET, "/explain") => explain_query(req.uri().query().unwrap_or(""), &snap),
         (&Method::POST, "/reload") => reload(shared).await,
         _ => text(
@@ -192,6 +195,10 @@ fn status(req: &Request<Incoming>, shared: &Shared, snap: &Snapshot) -> AdminRes
         .clone();
     v["reload"] = json!(reload);
     v["events"] = json!(shared.edge.events.recent());
+    v["dns"] = match shared.dns.views.load().as_deref() {
+        Some(view) => crate::dns::explain::status(&view.config, &view.snap),
+        None => serde_json::Value::Null,
+    };
     v["time"] = json!(unix_now());
     let wants_html = req
         .headers()
@@ -240,6 +247,44 @@ fn explain_query(q: &str, snap: &Snapshot) -> AdminResp {
         wrote_secs_ago,
     };
     json_resp(StatusCode::OK, &explain::explain_query(snap, &query))
+}
+
+/// `/explain?dns=NAME&ip=…[&subnet=ADDR/LEN][&qtype=AAAA]`: what DNS would answer.
+fn dns_explain(q: &str, shared: &Shared) -> AdminResp {
+    let Some(ip) = query(q, "ip").and_then(|s| s.parse::<IpAddr>().ok()) else {
+        return json_resp(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "missing or invalid ?ip="}),
+        );
+    };
+    let subnet = match query(q, "subnet").map(|s| crate::dns::explain::parse_subnet(&s)) {
+        None => None,
+        Some(Some(s)) => Some(s),
+        Some(None) => {
+            return json_resp(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "invalid ?subnet= (ADDRESS/PREFIX)"}),
+            );
+        }
+    };
+    let Some(view) = shared.dns.views.load_full() else {
+        return json_resp(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "DNS is not configured ([dns] in routes.toml)"}),
+        );
+    };
+    let name = query(q, "dns").unwrap_or_default();
+    let aaaa = query(q, "qtype").is_some_and(|t| t.eq_ignore_ascii_case("aaaa"));
+    let dq = crate::dns::explain::DnsQuery {
+        name: &name,
+        ip,
+        subnet,
+        aaaa,
+    };
+    json_resp(
+        StatusCode::OK,
+        &crate::dns::explain::explain(&view.config, &view.snap, &dq),
+    )
 }
 
 /// `POST /reload`: the same path as a file change or SIGHUP.

@@ -47,6 +47,10 @@ pub struct Running {
     pub http: Option<SocketAddr>,
     /// Bound address of the admin listener, when configured.
     pub admin: Option<SocketAddr>,
+    /// Bound address of the DNS UDP listener, when configured.
+    pub dns_udp: Option<SocketAddr>,
+    /// Bound address of the DNS TCP listener, when configured.
+    pub dns_tcp: Option<SocketAddr>,
     /// The process state (snapshot, health, pools, listeners).
     pub shared: Arc<Shared>,
 }
@@ -67,6 +71,7 @@ impl App {
             config::load(&opts.config, &ctx).map_err(StartError::Config)?
         };
         let force_up = std::mem::take(&mut compiled.force_up);
+        let dns = compiled.dns.take();
         let embedded = Mutex::new(None);
         let snap = build_snapshot(compiled, 1, || {
             let db =
@@ -84,6 +89,7 @@ impl App {
             snapshot: ArcSwap::from_pointee(snap),
             geo_metrics: GeoMetrics::new(),
             countries: CountryCounters::new(),
+            hygiene: crate::observe::metrics::PathMetrics::new(),
             access_log,
             events: events.clone(),
             drain: CancellationToken::new(),
@@ -91,6 +97,7 @@ impl App {
             tasks: TaskTracker::new(),
             https_port: AtomicU16::new(443),
         });
+        let edge_events = events.clone();
         let shared = Arc::new(Shared {
             edge,
             health,
@@ -109,6 +116,7 @@ impl App {
             reload_lock: tokio::sync::Mutex::new(()),
             embedded_geo: embedded,
             admin_server: crate::control::admin::server,
+            dns: crate::control::dns::DnsRuntime::new(edge_events),
         });
         metrics::gauge!(CONFIG_GENERATION).set(1.0);
         metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(unix_now());
@@ -119,12 +127,17 @@ impl App {
             force_up_all(&force_up);
             tracing::info!("configuration loaded: {}", snap.summary);
         }
+        let dns_bound = shared.dns.bind(dns.as_deref()).map_err(StartError::Bind)?;
         let moved = shared.bind_moved(&settings).map_err(StartError::Bind)?;
         shared.start_listeners(moved);
+        shared.publish_dns(dns, shared.edge.snapshot.load_full(), dns_bound);
+        let (dns_udp, dns_tcp) = shared.dns.bound();
         let running = Running {
             https: shared.bound(ListenerKind::Https),
             http: shared.bound(ListenerKind::Http),
             admin: shared.bound(ListenerKind::Admin),
+            dns_udp,
+            dns_tcp,
             shared: shared.clone(),
         };
         if opts.watch {

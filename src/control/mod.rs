@@ -6,6 +6,7 @@ pub(crate) mod app;
 pub(crate) mod checker;
 pub mod config;
 pub(crate) mod dbprobe;
+pub(crate) mod dns;
 pub mod explain;
 pub(crate) mod reload;
 pub(crate) mod shared;

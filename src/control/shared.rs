@@ -59,6 +59,8 @@ pub struct Shared {
     /// Serves the admin listener (the admin module sits above this one, so `App::start`
     /// supplies it).
     pub(super) admin_server: AdminServer,
+    /// GeoDNS: the published zone, its listeners and probes.
+    pub(crate) dns: crate::control::dns::DnsRuntime,
 }
 
 /// Starts the admin server on a listener until its token is cancelled.
@@ -130,6 +132,11 @@ impl Shared {
     fn publish(self: &Arc<Self>, mut c: Compiled) -> Result<Summary, ConfigErrors> {
         let old = self.edge.snapshot.load_full();
         let force_up = std::mem::take(&mut c.force_up);
+        let dns = c.dns.take();
+        let dns_bound = self
+            .dns
+            .bind(dns.as_deref())
+            .map_err(|e| one_error(&self.config_path, e))?;
         let moved = self
             .bind_moved(&c.settings)
             .map_err(|e| one_error(&self.config_path, e))?;
@@ -157,12 +164,30 @@ impl Shared {
         let snap = Arc::new(snap);
         self.edge.snapshot.store(snap.clone());
         self.start_listeners(moved);
+        self.publish_dns(dns, snap.clone(), dns_bound);
         let mut checker = self.checker.lock().unwrap_or_else(|e| e.into_inner());
         checker.reconcile(&snap.table, &self.background, &self.edge.hard);
         // After the reconcile has stopped the probes of removed checks.
         force_up_all(&force_up);
         self.pool.retain(&keys);
         Ok(summary)
+    }
+
+    /// Publish the DNS zone with the snapshot it was compiled with; start moved DNS listeners.
+    pub(super) fn publish_dns(
+        &self,
+        dns: Option<Arc<crate::dns::DnsConfig>>,
+        snap: Arc<Snapshot>,
+        bound: Option<crate::control::dns::Bound>,
+    ) {
+        self.dns.publish(
+            dns,
+            snap,
+            bound,
+            &self.background,
+            &self.edge.drain,
+            &self.edge.hard,
+        );
     }
 
     /// Bind every listener whose configured address differs from the running one.

@@ -100,7 +100,8 @@ async fn serve_conn(
         ListenerKind::Admin => {}
         ListenerKind::Http => {
             let mode = settings.http.map_or(HttpMode::Serve, |(_, m)| m);
-            let info = ConnInfo::new(peer, source, permit, ListenerKind::Http, None);
+            let port = stream.local_addr().map_or(0, |a| a.port());
+            let info = ConnInfo::new(peer, source, port, permit, ListenerKind::Http, None);
             let redirect = (mode == HttpMode::Redirect)
                 .then(|| shared.https_port.load(std::sync::atomic::Ordering::Relaxed));
             let http = Box::pin(serve_http(
@@ -167,7 +168,15 @@ async fn serve_tls(
         alpn,
         sni: sni.map(String::into_boxed_str),
     };
-    let info = ConnInfo::new(peer, source, permit, ListenerKind::Https, Some(tls_info));
+    let port = tls_stream.get_ref().0.local_addr().map_or(0, |a| a.port());
+    let info = ConnInfo::new(
+        peer,
+        source,
+        port,
+        permit,
+        ListenerKind::Https,
+        Some(tls_info),
+    );
     let proto = match alpn {
         "h2" => Proto::Http2,
         "http/1.1" => Proto::Http1,

@@ -14,6 +14,7 @@ pub(crate) const REQUESTS_TOTAL: &str = "geolb_requests_total";
 pub(crate) const REQUEST_DURATION: &str = "geolb_request_duration_seconds";
 pub(crate) const UPSTREAM_ERRORS_TOTAL: &str = "geolb_upstream_errors_total";
 pub(crate) const RETRIES_TOTAL: &str = "geolb_retries_total";
+pub(crate) const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "geolb_retry_budget_exhausted_total";
 pub(crate) const SPILLOVER_TOTAL: &str = "geolb_spillover_requests_total";
 pub(crate) const BACKEND_UP: &str = "geolb_backend_up";
 pub(crate) const BACKEND_EJECTED: &str = "geolb_backend_ejected";
@@ -33,6 +34,10 @@ pub(crate) const REGION_STATE: &str = "geolb_region_state";
 pub(crate) const REGION_TRAFFIC_SHARE: &str = "geolb_region_traffic_share";
 pub(crate) const GEO_COUNTRY_REQUESTS_TOTAL: &str = "geolb_geo_country_requests_total";
 pub(crate) const REQUESTS_ACTIVE: &str = "geolb_requests_active";
+pub(crate) const PATHS_NORMALIZED_TOTAL: &str = "geolb_paths_normalized_total";
+pub(crate) const PATHS_REJECTED_TOTAL: &str = "geolb_paths_rejected_total";
+pub(crate) const LOOPS_DETECTED_TOTAL: &str = "geolb_loops_detected_total";
+pub(crate) const CLIENT_BODY_CUT_TOTAL: &str = "geolb_client_body_cut_total";
 pub(crate) const WRITE_REQUESTS_TOTAL: &str = "geolb_write_requests_total";
 pub(crate) const REGION_REPLICA_LAG: &str = "geolb_region_replica_lag_seconds";
 pub(crate) const PRIMARY_REGION: &str = "geolb_primary_region";
@@ -104,6 +109,10 @@ fn describe_all() {
     );
     describe_counter!(RETRIES_TOTAL, "Retried attempts, by service.");
     describe_counter!(
+        RETRY_BUDGET_EXHAUSTED_TOTAL,
+        "Retries refused because the service's retry budget was spent, by service."
+    );
+    describe_counter!(
         SPILLOVER_TOTAL,
         "Requests served outside the client's nearest region, by route, from and to region."
     );
@@ -163,9 +172,55 @@ fn describe_all() {
     );
     describe_gauge!(REQUESTS_ACTIVE, "Requests being served, by listener.");
     describe_data();
+    describe_hygiene();
 }
 
 /// The data layer's families.
+fn describe_hygiene() {
+    describe_counter!(
+        PATHS_NORMALIZED_TOTAL,
+        "Requests whose path was normalised (dot segments, escapes, slashes) before routing."
+    );
+    describe_counter!(
+        PATHS_REJECTED_TOTAL,
+        "Requests refused with 400 for their path, by reason (above_root, bad_escape, backslash)."
+    );
+    describe_counter!(
+        LOOPS_DETECTED_TOTAL,
+        "Requests refused with 508 because they already passed this instance (Via)."
+    );
+    describe_counter!(
+        CLIENT_BODY_CUT_TOTAL,
+        "Request bodies cut with 408, by reason (idle, rate, total)."
+    );
+}
+
+/// Request-hygiene counters, bound once at start.
+#[derive(Debug, Clone)]
+pub(crate) struct PathMetrics {
+    /// Paths normalised.
+    pub(crate) normalized: Counter,
+    /// Paths refused, by reason (above_root, bad_escape, backslash).
+    pub(crate) rejected: [Counter; 3],
+    /// Requests refused as loops.
+    pub(crate) loops: Counter,
+    /// Request bodies cut, by reason (idle, rate, total).
+    pub(crate) body_cut: [Counter; 3],
+}
+
+impl PathMetrics {
+    /// Every handle, at zero.
+    pub(crate) fn new() -> PathMetrics {
+        PathMetrics {
+            normalized: counter!(PATHS_NORMALIZED_TOTAL),
+            rejected: ["above_root", "bad_escape", "backslash"]
+                .map(|r| counter!(PATHS_REJECTED_TOTAL, "reason" => r)),
+            loops: counter!(LOOPS_DETECTED_TOTAL),
+            body_cut: ["idle", "rate", "total"].map(|r| counter!(CLIENT_BODY_CUT_TOTAL, "reason" => r)),
+        }
+    }
+}
+
 fn describe_data() {
     describe_counter!(
         WRITE_REQUESTS_TOTAL,
@@ -201,6 +256,15 @@ fn describe_data() {
         metrics::Unit::Seconds,
         "Time one database probe took (connect when needed, then the role and lag queries), by service and region."
     );
+}
+
+/// The budget-refusal counter of service `service`, created at 0 so the family exists from
+/// the start.
+pub(crate) fn retry_budget_exhausted(service: &str) -> Counter {
+    let c =
+        counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "service" => SharedString::from(service.to_owned()));
+    c.increment(0);
+    c
 }
 
 /// Status classes in label order.

@@ -2,7 +2,9 @@
 //! classify a failure once (`UpstreamFailure`), feed passive health, and retry while the
 //! policy, the body plan and the retry budget allow.
 
+use std::sync::OnceLock;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use http::uri::Uri;
 use http::{Request, Response, StatusCode, Version, header};
@@ -17,7 +19,9 @@ use crate::proxy::locate::Client;
 use crate::proxy::plan::Prepared;
 use crate::proxy::{ConnInfo, Edge, stats, tunnel};
 use crate::route::select::{self, NoPick, Pick};
-use crate::route::{Backend, BackendIdx, MAX_ATTEMPTS, Region, Route, Service, Snapshot, SrIdx};
+use crate::route::{
+    Backend, BackendIdx, LbPolicy, MAX_ATTEMPTS, Region, Route, Service, Snapshot, SrIdx,
+};
 use crate::time::now_ms;
 use crate::upstream::failure::{Side, UpstreamFailure};
 
@@ -53,6 +57,8 @@ pub(crate) async fn run(
     let svc = &*route.service;
     let mut tried = [BackendIdx(usize::MAX); MAX_ATTEMPTS];
     let mut last_err = ProxyError::NoHealthyBackend;
+    // Every request earns the retry budget its share; every retry spends from it.
+    svc.retry_budget.deposit(now_ms());
     for attempt in 0..svc.retry.attempts {
         let pick = match select::pick(svc, &client.order, now_ms(), client.hash, &tried[..attempt])
         {
@@ -63,7 +69,8 @@ pub(crate) async fn run(
             Err(_) => break,
         };
         if attempt > 0 {
-            if !retry_allowed(svc) {
+            if !svc.retry_budget.try_withdraw(now_ms()) {
+                svc.retry_budget_exhausted.increment(1);
                 last_err = ProxyError::RetryBudget;
                 break;
             }
@@ -79,7 +86,6 @@ pub(crate) async fn run(
             client,
             pick,
             last: attempt + 1 == svc.retry.attempts,
-            retry: attempt > 0,
         };
         match one(ctx, log).await {
             Step::Done(o) => return o,
@@ -89,13 +95,6 @@ pub(crate) async fn run(
         }
     }
     Outcome::Failed(last_err)
-}
-
-/// The retry budget: concurrent retries as a share of the service's requests in flight.
-fn retry_allowed(svc: &Service) -> bool {
-    let active = svc.active.load(Relaxed);
-    let allowed = (f64::from(active) * svc.retry.budget) as u32;
-    svc.retries_active.load(Relaxed) < allowed.max(svc.retry.min_retries)
 }
 
 /// Everything one attempt reads.
@@ -109,8 +108,6 @@ struct AttemptCtx<'a> {
     pick: Pick,
     /// No attempt follows this one.
     last: bool,
-    /// This attempt is a retry (counts against the budget while in flight).
-    retry: bool,
 }
 
 impl AttemptCtx<'_> {
@@ -151,13 +148,18 @@ async fn one(cx: AttemptCtx<'_>, log: &mut LogRecord) -> Step {
         up.headers_mut()
             .insert(header::HOST, backend.host_header.clone());
     }
-    let guard = InflightGuard::new(backend.health.clone(), cx.route.service.clone());
-    let _retry = cx.retry.then(|| RetryGuard::new(svc));
+    let guard = InflightGuard::new(backend.health.clone());
     // The backend's response clock starts once the request body is fully sent: a slow
-    // upload is the client's business (see timeouts.request_body), not the backend's.
+    // upload is the client's business (see timeouts.request_body), not the backend's. The
+    // latency that `lb = "peak_ewma"` balances on is measured from the same moment.
+    let start = (svc.lb == LbPolicy::PeakEwma).then(Instant::now);
+    let body_done = OnceLock::new();
     let body_sent = async {
         if let Some(slot) = cx.req.plan.slot() {
             slot.sent().await;
+            if start.is_some() {
+                let _ = body_done.set(Instant::now());
+            }
         }
         tokio::time::sleep(settings.timeouts.upstream_response_header).await;
     };
@@ -165,12 +167,27 @@ async fn one(cx: AttemptCtx<'_>, log: &mut LogRecord) -> Step {
         r = svc.client.request(up) => r.map_err(|e| UpstreamFailure::of(&e, cx.req.plan.slot())),
         () = body_sent => Err(UpstreamFailure::RESPONSE_TIMEOUT),
     };
+    if let Some(start) = start {
+        record_latency(&cx, &sent, body_done.get().copied().unwrap_or(start));
+    }
     match sent {
         Ok(resp) => answered(&cx, resp, guard, log),
         Err(f) => {
             drop(guard);
             failed(&cx, f, log)
         }
+    }
+}
+
+/// Feed the backend's peak-EWMA latency: the time to response headers, or the whole wait
+/// when they timed out. Other failures carry no latency (a refused connect is fast, not good).
+fn record_latency<T>(cx: &AttemptCtx<'_>, sent: &Result<T, UpstreamFailure>, since: Instant) {
+    if matches!(sent, Ok(_) | Err(UpstreamFailure::RESPONSE_TIMEOUT)) {
+        let svc = &*cx.route.service;
+        let us = since.elapsed().as_secs_f64() * 1e6;
+        cx.backend()
+            .health
+            .observe_latency(us, now_ms(), svc.ewma_decay_ms);
     }
 }
 
@@ -253,6 +270,9 @@ fn failed(cx: &AttemptCtx<'_>, f: UpstreamFailure, log: &mut LogRecord) -> Step 
     });
     stats::upstream_error(svc, backend, e);
     if f.client_body() {
+        if let Some(cut) = cx.req.plan.slot().and_then(|s| s.cut()) {
+            cx.edge.hygiene.body_cut[cut as usize - 1].increment(1);
+        }
         return Step::Stop(e);
     }
     if f.side == Side::Backend {
@@ -265,22 +285,6 @@ fn failed(cx: &AttemptCtx<'_>, f: UpstreamFailure, log: &mut LogRecord) -> Step 
         Step::Retry(e)
     } else {
         Step::Stop(e)
-    }
-}
-
-/// Counts a retry in flight for the service's retry budget; released however the attempt ends.
-struct RetryGuard<'a>(&'a Service);
-
-impl<'a> RetryGuard<'a> {
-    fn new(svc: &'a Service) -> Self {
-        svc.retries_active.fetch_add(1, Relaxed);
-        RetryGuard(svc)
-    }
-}
-
-impl Drop for RetryGuard<'_> {
-    fn drop(&mut self) {
-        self.0.retries_active.fetch_sub(1, Relaxed);
     }
 }
 

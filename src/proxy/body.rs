@@ -9,27 +9,24 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::health::BackendHealth;
-use crate::route::Service;
 
-/// Accounting that must outlive the response headers: released when the body ends or drops.
+/// The backend's request in flight, which must outlive the response headers: released when
+/// the body ends or drops.
 #[derive(Debug)]
 pub(crate) struct InflightGuard {
     backend: Arc<BackendHealth>,
-    service: Arc<Service>,
 }
 
 impl InflightGuard {
-    pub(crate) fn new(backend: Arc<BackendHealth>, service: Arc<Service>) -> Self {
+    pub(crate) fn new(backend: Arc<BackendHealth>) -> Self {
         backend.inflight.fetch_add(1, Ordering::Relaxed);
-        service.active.fetch_add(1, Ordering::Relaxed);
-        InflightGuard { backend, service }
+        InflightGuard { backend }
     }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.backend.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.service.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

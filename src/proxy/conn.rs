@@ -41,6 +41,8 @@ pub(crate) struct ConnInfo {
     pub source: IpAddr,
     /// `source` as a header value (for `X-Forwarded-For`), formatted once.
     pub source_value: HeaderValue,
+    /// The listener's port as a header value (for `X-Forwarded-Port`), formatted once.
+    pub port_value: HeaderValue,
     pub tls: Option<TlsConnInfo>,
     /// Requests in flight on this connection, for the idle timer.
     pub activity: ConnActivity,
@@ -79,6 +81,7 @@ impl ConnInfo {
     pub(crate) fn new(
         peer: SocketAddr,
         source: IpAddr,
+        local_port: u16,
         permit: Arc<tokio::sync::OwnedSemaphorePermit>,
         listener: ListenerKind,
         tls: Option<TlsConnInfo>,
@@ -87,6 +90,7 @@ impl ConnInfo {
             peer,
             source,
             source_value: crate::proxy::headers::ip_value(source),
+            port_value: HeaderValue::from(local_port),
             tls,
             activity: ConnActivity::new(),
             requests_active: metrics::gauge!(

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::observe::access_log::AccessLog;
 use crate::observe::events::EventLog;
-use crate::observe::metrics::{CountryCounters, GeoMetrics};
+use crate::observe::metrics::{CountryCounters, GeoMetrics, PathMetrics};
 use crate::route::Snapshot;
 
 /// Shared by every connection and request; created once per process.
@@ -21,6 +21,8 @@ pub struct Edge {
     pub geo_metrics: GeoMetrics,
     /// Requests by client country (bounded labels).
     pub countries: CountryCounters,
+    /// Path normalisation, loop and slow-body counters.
+    pub(crate) hygiene: PathMetrics,
     /// Access log sender (writes happen on a background task).
     pub access_log: AccessLog,
     /// Recent state changes, for `/status`.

@@ -40,6 +40,10 @@ pub(crate) enum ProxyError {
     RetryBudget,
     #[error("no region holds the primary database (write held, then refused)")]
     WriteHeld,
+    #[error("the request already passed this proxy (Via loop)")]
+    LoopDetected,
+    #[error("client sent its request body too slowly")]
+    ClientBodyTooSlow,
 }
 
 impl ProxyError {
@@ -49,7 +53,10 @@ impl ProxyError {
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::BadRequest(_) | ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientBodyTimeout | ProxyError::ClientBodyTooSlow => {
+                StatusCode::REQUEST_TIMEOUT
+            }
+            ProxyError::LoopDetected => StatusCode::LOOP_DETECTED,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoHealthyBackend | ProxyError::RetryBudget | ProxyError::WriteHeld => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -79,6 +86,8 @@ impl ProxyError {
             ProxyError::ClientBodyTimeout => "client_body_timeout",
             ProxyError::RetryBudget => "retry_budget",
             ProxyError::WriteHeld => "write_held",
+            ProxyError::LoopDetected => "loop_detected",
+            ProxyError::ClientBodyTooSlow => "client_body_too_slow",
         }
     }
 
@@ -103,6 +112,7 @@ impl From<UpstreamFailure> for ProxyError {
             FailureKind::Reset => ProxyError::UpstreamReset,
             FailureKind::BodyTooLarge => ProxyError::BodyTooLarge,
             FailureKind::BodyTimeout => ProxyError::ClientBodyTimeout,
+            FailureKind::BodyTooSlow => ProxyError::ClientBodyTooSlow,
             FailureKind::ClientBody => ProxyError::ClientBody,
         }
     }

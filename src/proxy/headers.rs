@@ -13,6 +13,12 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Forwarded-Port`.
+pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+/// `X-Real-IP`.
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// `Forwarded` (RFC 7239).
+pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// `X-Geolb-Region`: the region that served (to the backend, and optionally to the client).
 pub static X_GEOLB_REGION: HeaderName = HeaderName::from_static("x-geolb-region");
 /// `X-Geolb-Client-Country`: the client country geolb located (to the backend).
@@ -149,6 +155,65 @@ impl std::fmt::Write for IoFmt<'_> {
     }
 }
 
+/// Remove the identity headers a client that is not a trusted proxy may have forged:
+/// `X-Forwarded-Host/Proto/Port`, `X-Real-IP`, `Forwarded` and `extra` (the configured
+/// single-value client-address header). geolb then sets its own. `X-Forwarded-For` stays and
+/// gets the peer appended: its last entry is always the address geolb saw.
+pub(crate) fn strip_untrusted_forwarding(h: &mut HeaderMap, extra: Option<&HeaderName>) -> bool {
+    let mut removed = false;
+    for n in [
+        &X_FORWARDED_HOST,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_PORT,
+        &X_REAL_IP,
+        &FORWARDED,
+    ]
+    .into_iter()
+    .chain(extra)
+    {
+        removed |= h.remove(n).is_some();
+    }
+    removed
+}
+
+/// Append an RFC 7239 `Forwarded` element for this hop: `for` the peer geolb received the
+/// request from, `proto` and `host` as the client asked. (Opt-in; formats per request.)
+pub(crate) fn append_forwarded(h: &mut HeaderMap, peer: IpAddr, tls: bool, host: Option<&HeaderValue>) {
+    use std::fmt::Write as _;
+    let mut v = String::with_capacity(96);
+    let _ = match peer {
+        IpAddr::V4(a) => write!(v, "for={a}"),
+        IpAddr::V6(a) => write!(v, "for=\"[{a}]\""),
+    };
+    v.push_str(if tls { ";proto=https" } else { ";proto=http" });
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        if host.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+            let _ = write!(v, ";host=\"{host}\"");
+        }
+    }
+    let joined = match h.get(&FORWARDED).and_then(|x| x.to_str().ok()) {
+        Some(prev) => format!("{prev}, {v}"),
+        None => v,
+    };
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        h.insert(&FORWARDED, value);
+    }
+}
+
+/// Does a `Via` header name this instance's pseudonym (the request has looped back)?
+pub(crate) fn via_contains(h: &HeaderMap, pseudonym: &str) -> bool {
+    h.get_all(header::VIA).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',').any(|hop| {
+                // `received-protocol SP received-by [ SP comment ]`
+                hop.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|by| by.eq_ignore_ascii_case(pseudonym))
+            })
+        })
+    })
+}
+
 /// Drop client-supplied `X-Geolb-*` headers so a client cannot forge geolb's decisions.
 pub fn strip_geolb(h: &mut HeaderMap) {
     h.remove(&X_GEOLB_REGION);
@@ -158,6 +223,23 @@ pub fn strip_geolb(h: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn via_loops_and_forwarded_elements() {
+        let mut h = HeaderMap::new();
+        h.append(header::VIA, HeaderValue::from_static("1.1 cdn, 1.1 edge-eu (geolb)"));
+        assert!(via_contains(&h, "EDGE-eu"));
+        assert!(!via_contains(&h, "geolb"), "a comment is not a pseudonym");
+        append_forwarded(&mut h, "2001:db8::1".parse().unwrap(), true, Some(&HeaderValue::from_static("a.test:8443")));
+        append_forwarded(&mut h, "192.0.2.1".parse().unwrap(), false, None);
+        assert_eq!(
+            h[&FORWARDED],
+            "for=\"[2001:db8::1]\";proto=https;host=\"a.test:8443\", for=192.0.2.1;proto=http"
+        );
+        h.insert(&X_REAL_IP, HeaderValue::from_static("1.2.3.4"));
+        assert!(strip_untrusted_forwarding(&mut h, None));
+        assert!(h.get(&FORWARDED).is_none() && h.get(&X_REAL_IP).is_none());
+    }
 
     #[test]
     fn removes_hop_by_hop_and_connection_listed() {

@@ -20,6 +20,7 @@ pub(crate) mod edge;
 pub(crate) mod error;
 pub mod headers;
 pub(crate) mod locate;
+pub(crate) mod path;
 pub(crate) mod plan;
 pub(crate) mod stats;
 pub(crate) mod target;
@@ -108,12 +109,21 @@ async fn route_request(
     snap: &Snapshot,
     log: &mut LogRecord,
 ) -> Routed {
+    let mut req = req;
+    let hygiene = &snap.settings.hygiene;
+    if headers::via_contains(req.headers(), &hygiene.via_name) {
+        edge.hygiene.loops.increment(1);
+        return Err((ProxyError::LoopDetected, None));
+    }
+    if hygiene.normalize_path {
+        path::apply(&mut req, &edge.hygiene).map_err(|e| (e, None))?;
+    }
     let target = target::resolve(&req, conn, snap, log).map_err(|e| (e, None))?;
     let route = &snap.table.routes[target.route];
     let err = |e: ProxyError| (e, Some(target.route));
     let mut client = locate::locate(&req, conn, edge, snap, route, log);
     let data_plan = data::plan(&req, route, &mut client).await.map_err(err)?;
-    let mut req = plan::Prepared::new(req, &snap.settings, &route.service)
+    let mut req = plan::Prepared::new(req, &snap.settings, &route.service, &edge.hygiene)
         .await
         .map_err(err)?;
     plan::rewrite_headers(&mut req, conn, &snap.settings, &target, client.country);

@@ -13,14 +13,15 @@ use hyper::upgrade::OnUpgrade;
 
 use crate::proxy::ConnInfo;
 use crate::proxy::error::ProxyError;
-use crate::proxy::headers::{self, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_GEOLB_COUNTRY};
+use crate::proxy::headers::{
+    self, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PROTO, X_GEOLB_COUNTRY,
+};
 use crate::proxy::target::Target;
+use crate::route::client_ip::IpHeader;
 use crate::route::{Service, Settings};
-use crate::upstream::body::{BodySlot, ReqBody, buffer_small};
+use crate::observe::metrics::PathMetrics;
+use crate::upstream::body::{BodyLimits, BodySlot, Cut, ReqBody, buffer_small};
 
-static VIA_11: HeaderValue = HeaderValue::from_static("1.1 geolb");
-static VIA_2: HeaderValue = HeaderValue::from_static("2 geolb");
-static VIA_10: HeaderValue = HeaderValue::from_static("1.0 geolb");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
 
@@ -44,8 +45,13 @@ impl BodyPlan {
             BodyPlan::Stream(slot) if slot.started() => return None,
             BodyPlan::Stream(slot) => ReqBody::stream(
                 slot.clone(),
-                s.limits.max_body_bytes,
-                s.timeouts.request_body,
+                BodyLimits {
+                    max: s.limits.max_body_bytes,
+                    idle: s.timeouts.request_body,
+                    min_rate: s.limits.min_request_body_rate,
+                    grace: s.timeouts.request_body_grace,
+                    total: s.timeouts.request_body_total,
+                },
             ),
         })
     }
@@ -91,6 +97,7 @@ impl Prepared {
         mut req: Request<Incoming>,
         settings: &Settings,
         svc: &Service,
+        m: &PathMetrics,
     ) -> Result<Prepared, ProxyError> {
         let content_length = req.body().size_hint().exact();
         if let (Some(limit), Some(len)) = (settings.limits.max_body_bytes, content_length) {
@@ -112,7 +119,11 @@ impl Prepared {
             match tokio::time::timeout(settings.timeouts.request_body, read).await {
                 Ok(Ok(b)) => BodyPlan::Buffered(b),
                 Ok(Err(_)) => return Err(ProxyError::ClientBody),
-                Err(_) => return Err(ProxyError::ClientBodyTimeout),
+                Err(_) => {
+                    // The whole (small) body did not arrive within timeouts.request_body.
+                    m.body_cut[Cut::Total as usize - 1].increment(1);
+                    return Err(ProxyError::ClientBodyTimeout);
+                }
             }
         } else {
             BodyPlan::Stream(BodySlot::new(body))
@@ -135,7 +146,10 @@ impl Prepared {
 }
 
 /// Rewrite the request head once for every attempt: hop-by-hop headers out, client-sent
-/// `X-Geolb-*` out, forwarding headers and `Via` in.
+/// `X-Geolb-*` out, forwarding headers and `Via` in. A peer that is not a trusted proxy loses
+/// every identity header it sent (`X-Forwarded-Host/-Proto/-Port`, `X-Real-IP`, `Forwarded`,
+/// the configured single client-address header; `X-Forwarded-For` is appended to, so its last
+/// entry is the peer); a trusted proxy's are kept and extended.
 pub(crate) fn rewrite_headers(
     req: &mut Prepared,
     conn: &ConnInfo,
@@ -156,22 +170,26 @@ pub(crate) fn rewrite_headers(
     }
     // A body of unknown length must be sent chunked; hyper would otherwise send GET/HEAD
     // bodies as empty. (Only for HTTP/1.1 backends; h2 frames bodies itself.)
-    if matches!(req.plan, BodyPlan::Stream(_)) && req.content_length.is_none() && !req.h2_backend {
+    if matches!(req.plan, BodyPlan::Stream(_)) && req.content_length.is_none() && !req.h2_backend
+    {
         h.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
     }
-    headers::append_xff_value(h, &conn.source_value);
-    let proto = if conn.tls.is_some() { &HTTPS } else { &HTTP };
-    h.insert(&X_FORWARDED_PROTO, proto.clone());
-    if let Some(v) = &target.orig_host {
-        h.insert(&X_FORWARDED_HOST, v.clone());
+    let trusted = settings.trusted.contains(conn.source);
+    if !trusted {
+        let extra = match &settings.ip_header {
+            IpHeader::Single(name) => Some(name),
+            _ => None,
+        };
+        headers::strip_untrusted_forwarding(h, extra);
     }
+    forwarding(h, conn, settings, target, trusted);
     let via = match version {
-        Version::HTTP_2 => &VIA_2,
-        Version::HTTP_10 => &VIA_10,
-        _ => &VIA_11,
+        Version::HTTP_10 => &settings.hygiene.via[0],
+        Version::HTTP_2 => &settings.hygiene.via[2],
+        _ => &settings.hygiene.via[1],
     };
     h.append(header::VIA, via.clone());
     if let Some(c) = country {
@@ -181,6 +199,38 @@ pub(crate) fn rewrite_headers(
         if let Some(v) = &target.orig_host {
             h.insert(header::HOST, v.clone());
         }
+    }
+}
+
+/// `X-Forwarded-For` (appended), `-Proto`, `-Host`, `-Port` (a trusted proxy's own values
+/// are kept) and, when enabled, an RFC 7239 `Forwarded` element.
+fn forwarding(
+    h: &mut http::HeaderMap,
+    conn: &ConnInfo,
+    settings: &Settings,
+    target: &Target,
+    trusted: bool,
+) {
+    headers::append_xff_value(h, &conn.source_value);
+    let proto = if conn.tls.is_some() { &HTTPS } else { &HTTP };
+    if !trusted || !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(&X_FORWARDED_PROTO, proto.clone());
+    }
+    if let Some(v) = &target.orig_host {
+        if !trusted || !h.contains_key(&X_FORWARDED_HOST) {
+            h.insert(&X_FORWARDED_HOST, v.clone());
+        }
+    }
+    if !trusted || !h.contains_key(&X_FORWARDED_PORT) {
+        h.insert(&X_FORWARDED_PORT, conn.port_value.clone());
+    }
+    if settings.hygiene.forwarded {
+        headers::append_forwarded(
+            h,
+            conn.source,
+            conn.tls.is_some(),
+            target.orig_host.as_ref(),
+        );
     }
 }
 

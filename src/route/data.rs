@@ -281,6 +281,9 @@ pub fn read_skip(
         match view.lag_ms {
             Some(l) if !skipped && l > max => state.store(true, Relaxed),
             Some(l) if skipped && l <= policy.read_lag_recover_ms => state.store(false, Relaxed),
+            // A replica that does not say how far behind it is (replication stopped: MySQL
+            // reports NULL) is treated as too far behind.
+            None if view.role == DbRole::Replica => state.store(true, Relaxed),
             _ => {}
         }
         if state.load(Relaxed) {

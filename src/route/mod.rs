@@ -2,6 +2,7 @@
 //! client's real address, region order and backend pick, and the published snapshot.
 //! Pure and allocation-free per request.
 
+pub mod budget;
 pub mod client_ip;
 pub mod data;
 pub mod index;

@@ -5,10 +5,14 @@
 
 use std::cell::Cell;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::geo::Location;
 use crate::health::BackendHealth;
-use crate::route::{BackendIdx, LbPolicy, MAX_REGIONS, PanicMode, Region, Route, Service, SrIdx};
+use crate::route::{
+    Backend, BackendIdx, LbPolicy, MAX_REGIONS, Override, PanicMode, Region, RegionIdx, Route,
+    Service, SpillPolicy, SrIdx,
+};
 
 /// Why the regions are in this order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +81,35 @@ pub fn order_regions(
     loc: Option<&Location>,
 ) -> RegionOrder {
     let svc = &route.service;
+    let rules = OrderRules {
+        n: svc.regions.len(),
+        default_order: &route.default_order,
+        overrides: &route.overrides,
+    };
+    order_by(&rules, |sr| svc.regions[sr].region, regions, ip, loc)
+}
+
+/// What orders a set of regions (a route's service regions, or the regions of a DNS name's
+/// targets): how many there are, the order for unknown locations and the override rules.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderRules<'a> {
+    /// Number of candidate regions (`SrIdx(0)..SrIdx(n)`).
+    pub n: usize,
+    /// Order when the location is unknown (may be empty: one tier).
+    pub default_order: &'a [SrIdx],
+    /// Location rules that fix the order, first match wins.
+    pub overrides: &'a [Override],
+}
+
+/// Order candidates `0..rules.n` for a client, `region_of` naming each candidate's region: an
+/// override that matches fixes the order, else biased distance, else the default order.
+pub fn order_by(
+    rules: &OrderRules<'_>,
+    region_of: impl Fn(SrIdx) -> RegionIdx,
+    regions: &[Region],
+    ip: IpAddr,
+    loc: Option<&Location>,
+) -> RegionOrder {
     let mut o = RegionOrder {
         idx: [SrIdx(0); MAX_REGIONS],
         dist_km: [f64::NAN; MAX_REGIONS],
@@ -85,21 +118,21 @@ pub fn order_regions(
         rule: OrderRule::Default,
     };
     let (country, continent) = loc.map_or((None, None), |l| (l.country, l.continent));
-    let fixed = route
+    let fixed = rules
         .overrides
         .iter()
         .position(|ov| ov.matches(ip, country, continent))
-        .map(|i| (OrderRule::Override(i), &*route.overrides[i].order));
+        .map(|i| (OrderRule::Override(i), &*rules.overrides[i].order));
     let mut biased = [f64::INFINITY; MAX_REGIONS];
     match (fixed, loc) {
         (Some((rule, order)), _) => {
             o.rule = rule;
-            push_all(&mut o, order, svc.regions.len());
+            push_all(&mut o, order, rules.n);
         }
         (None, Some(l)) => {
             o.rule = OrderRule::Distance;
-            for (i, sr) in svc.regions.iter().enumerate().take(MAX_REGIONS) {
-                let r = &regions[sr.region];
+            for i in 0..rules.n.min(MAX_REGIONS) {
+                let r = &regions[region_of(SrIdx(i))];
                 let d = r.distance_km(l);
                 let b = d * (1.0 - f64::from(r.bias) / 100.0);
                 // Insertion sort by biased distance; ties keep configuration order.
@@ -116,11 +149,11 @@ pub fn order_regions(
                 o.len += 1;
             }
         }
-        (None, None) => push_all(&mut o, &route.default_order, svc.regions.len()),
+        (None, None) => push_all(&mut o, rules.default_order, rules.n),
     }
     // Unknown location and no default order: every region is equally preferred (one tier,
     // shared by weight) rather than the first configured region taking all of it.
-    let flat = o.rule == OrderRule::Default && route.default_order.is_empty();
+    let flat = o.rule == OrderRule::Default && rules.default_order.is_empty();
     let distance = o.rule == OrderRule::Distance;
     for (p, key) in o.key.iter_mut().enumerate().take(o.len) {
         *key = if distance {
@@ -135,7 +168,7 @@ pub fn order_regions(
     // Distances for display in fixed orders (the distance rule computed them already).
     if let (Some(l), false) = (loc, distance) {
         for p in 0..o.len {
-            let r = &regions[svc.regions[o.idx[p]].region];
+            let r = &regions[region_of(o.idx[p])];
             o.dist_km[p] = r.distance_km(l);
         }
     }
@@ -201,12 +234,27 @@ pub fn region_health(svc: &Service, sr: SrIdx, now: u64) -> f64 {
 /// Returns the shares and whether the service is in panic.
 pub fn shares(svc: &Service, order: &RegionOrder, now: u64) -> ([f64; MAX_REGIONS], bool) {
     let mut health = [0.0; MAX_REGIONS];
+    let mut weight = [0.0; MAX_REGIONS];
+    for p in 0..order.len {
+        let sr = order.idx[p];
+        health[p] = region_health(svc, sr, now);
+        weight[p] = svc.regions[sr].total_weight as f64;
+    }
+    shares_of(order, &health, &weight, &svc.spill)
+}
+
+/// [`shares`] from each position's healthy fraction (`health`, 0..=1) and weight: the same
+/// tiers, overprovisioning and panic threshold, for any set of regions.
+pub fn shares_of(
+    order: &RegionOrder,
+    health: &[f64; MAX_REGIONS],
+    weight: &[f64; MAX_REGIONS],
+    spill: &SpillPolicy,
+) -> ([f64; MAX_REGIONS], bool) {
     let (mut eff_total, mut weight_total) = (0.0, 0.0);
-    for (h, &sr) in health.iter_mut().zip(order.as_slice()) {
-        *h = region_health(svc, sr, now);
-        let w = svc.regions[sr].total_weight as f64;
-        eff_total += *h * w;
-        weight_total += w;
+    for p in 0..order.len {
+        eff_total += health[p] * weight[p];
+        weight_total += weight[p];
     }
     let mut out = [0.0; MAX_REGIONS];
     let healthy_frac = if weight_total > 0.0 {
@@ -214,7 +262,7 @@ pub fn shares(svc: &Service, order: &RegionOrder, now: u64) -> ([f64; MAX_REGION
     } else {
         0.0
     };
-    if eff_total <= 0.0 || healthy_frac < svc.spill.panic_threshold {
+    if eff_total <= 0.0 || healthy_frac < spill.panic_threshold {
         return (out, true);
     }
     // Walk tiers (regions at the same biased distance, within 1 km) nearest first: a tier
@@ -227,17 +275,15 @@ pub fn shares(svc: &Service, order: &RegionOrder, now: u64) -> ([f64; MAX_REGION
             end += 1;
         }
         let (mut eff, mut total) = (0.0, 0.0);
-        for (h, &sr) in health[p..end].iter().zip(&order.idx[p..end]) {
-            let w = svc.regions[sr].total_weight as f64;
-            eff += h * w;
-            total += w;
+        for q in p..end {
+            eff += health[q] * weight[q];
+            total += weight[q];
         }
         let tier_health = if total > 0.0 { eff / total } else { 0.0 };
-        let share = (tier_health * svc.spill.overprovisioning).min(remaining);
+        let share = (tier_health * spill.overprovisioning).min(remaining);
         for q in p..end {
-            let w = svc.regions[order.idx[q]].total_weight as f64;
             out[q] = if eff > 0.0 {
-                share * health[q] * w / eff
+                share * health[q] * weight[q] / eff
             } else {
                 0.0
             };
@@ -414,33 +460,56 @@ fn in_region(
                 .map(|i| ring[(start + i) % ring.len()].1)
                 .find(|&b| ok(b))
         }
-        LbPolicy::LeastRequest => {
-            let score = |b: BackendIdx| {
-                let be = &svc.backends[b];
-                let w = effective_weight(svc, &be.health, be.weight, now).max(0.05);
-                (f64::from(
-                    be.health
-                        .inflight
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                ) + 1.0)
-                    / w
-            };
-            // Power of two choices among eligible backends.
-            let r = rand_u64();
-            let a = (0..n)
-                .map(|i| region.backends[(r as usize + i) % n])
-                .find(|&b| ok(b))?;
-            let r2 = (r >> 32) as usize;
-            let b = (0..n)
-                .map(|i| region.backends[(r2 + i) % n])
-                .find(|&b| ok(b) && b != a);
-            match b {
-                Some(b) if score(b) < score(a) => Some(b),
-                _ => Some(a),
-            }
-        }
+        LbPolicy::LeastRequest => two_choices(&region.backends, ok, |b| {
+            let be = &svc.backends[b];
+            let w = effective_weight(svc, &be.health, be.weight, now).max(0.05);
+            (f64::from(be.health.inflight.load(Relaxed)) + 1.0) / w
+        }),
+        LbPolicy::PeakEwma => two_choices(&region.backends, ok, |b| {
+            let be = &svc.backends[b];
+            peak_ewma_cost(svc, be, now)
+        }),
     }
 }
+
+/// Power of two choices among the backends `ok` accepts: the lower `score` wins.
+fn two_choices(
+    backends: &[BackendIdx],
+    ok: impl Fn(BackendIdx) -> bool,
+    score: impl Fn(BackendIdx) -> f64,
+) -> Option<BackendIdx> {
+    let n = backends.len();
+    let r = rand_u64();
+    let a = (0..n)
+        .map(|i| backends[(r as usize + i) % n])
+        .find(|&b| ok(b))?;
+    let r2 = (r >> 32) as usize;
+    let b = (0..n)
+        .map(|i| backends[(r2 + i) % n])
+        .find(|&b| ok(b) && b != a);
+    match b {
+        Some(b) if score(b) < score(a) => Some(b),
+        _ => Some(a),
+    }
+}
+
+/// What a request costs on `be` under `lb = "peak_ewma"`: its latency estimate × (requests in
+/// flight + 1), per unit of effective weight (so slow start and weights still apply). A
+/// backend with no latency sample yet costs nothing while idle and the most while a request
+/// is in flight on it (Finagle's penalty), so it is probed one request at a time.
+pub fn peak_ewma_cost(svc: &Service, be: &Backend, now: u64) -> f64 {
+    let h = &be.health;
+    let pending = f64::from(h.inflight.load(Relaxed));
+    let est = h.latency_estimate(now, svc.ewma_decay_ms);
+    let w = effective_weight(svc, h, be.weight, now).max(0.05);
+    if est <= 0.0 && pending > 0.0 {
+        return UNMEASURED_PENALTY + pending;
+    }
+    est * (pending + 1.0) / w
+}
+
+/// The cost of a backend with no latency sample and a request in flight (µs, ~31 years).
+const UNMEASURED_PENALTY: f64 = 1e15;
 
 thread_local! {
     static RNG: Cell<u64> = Cell::new({
@@ -671,6 +740,40 @@ service = "app"
         }
         // The golden-ratio sequence meets a 50/50 share within one request.
         assert!(per_region[0].abs_diff(50) <= 1, "{per_region:?}");
+    }
+
+    #[test]
+    fn peak_ewma_avoids_the_slow_backend_and_probes_unmeasured_ones_singly() {
+        let t = table("", "lb = \"peak_ewma\"");
+        let r = &t.routes[0];
+        let svc = &r.service;
+        let o = order_regions(r, &t.regions, ip(), Some(&at(48.8, 2.3)));
+        let now = crate::time::now_ms();
+        // Unmeasured and idle: free. Unmeasured with a request in flight: avoided.
+        svc.backends[0].health.inflight.store(1, Relaxed);
+        for _ in 0..20 {
+            assert_eq!(pick(svc, &o, now, 0, &[]).unwrap().backend, BackendIdx(1));
+        }
+        svc.backends[0].health.inflight.store(0, Relaxed);
+        // 40 ms against 1 ms: the slow one loses every comparison…
+        svc.backends[0]
+            .health
+            .observe_latency(40_000.0, now, 10_000);
+        svc.backends[1].health.observe_latency(1_000.0, now, 10_000);
+        for _ in 0..20 {
+            assert_eq!(pick(svc, &o, now, 0, &[]).unwrap().backend, BackendIdx(1));
+        }
+        // …until the fast one has 40 requests in flight.
+        svc.backends[1].health.inflight.store(40, Relaxed);
+        assert_eq!(pick(svc, &o, now, 0, &[]).unwrap().backend, BackendIdx(0));
+        svc.backends[1].health.inflight.store(0, Relaxed);
+        // Left alone, the slow one's estimate decays (e^-4 × 40 ms < 1 ms) while the fast one
+        // keeps being measured: the slow one is tried again.
+        let later = now + 10_000 * 4;
+        svc.backends[1]
+            .health
+            .observe_latency(1_000.0, later, 10_000);
+        assert_eq!(pick(svc, &o, later, 0, &[]).unwrap().backend, BackendIdx(0));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -14,6 +14,7 @@ use ipnet::IpNet;
 
 use crate::health::{BackendHealth, PassivePolicy};
 use crate::observe::access_log::AccessLogSettings;
+use crate::route::budget::RetryBudget;
 use crate::route::client_ip::{IpHeader, TrustedNets};
 use crate::route::data::{DataPolicy, RwRule};
 use crate::route::{BackendIdx, RegionIdx, RouteIdx, SrIdx};
@@ -43,6 +44,8 @@ pub enum LbPolicy {
     LeastRequest,
     /// Consistent hash (see `hash_key`).
     Hash,
+    /// Power of two choices by peak-EWMA latency × (requests in flight + 1) (Finagle, Linkerd).
+    PeakEwma,
 }
 
 /// Most regions one service may span (selection works on fixed-size stack arrays).
@@ -172,10 +175,12 @@ pub struct RetryPolicy {
     pub on_timeout: bool,
     /// Retry idempotent requests answered with these statuses.
     pub on_status: Box<[u16]>,
-    /// Concurrent retries allowed as a fraction of active requests …
-    pub budget: f64,
-    /// … but at least this many.
-    pub min_retries: u32,
+    /// Retry budget: share of the requests of the last `budget_ttl` that may be retried …
+    pub percent_can_retry: f64,
+    /// … plus this many retries per second whatever the traffic (the budget's reserve) …
+    pub min_retries_per_sec: u32,
+    /// … over a window this long.
+    pub budget_ttl: Duration,
     /// Request bodies up to this size are buffered so they can be replayed.
     pub buffer_bytes: u64,
 }
@@ -256,10 +261,12 @@ pub struct Service {
     pub retry: RetryPolicy,
     /// Active health check, if any.
     pub check: Option<CheckSpec>,
-    /// Requests in flight (retry budget).
-    pub active: AtomicU32,
-    /// Retries in flight (retry budget).
-    pub retries_active: AtomicU32,
+    /// The retry budget (built from `retry`; starts full on every reload).
+    pub retry_budget: RetryBudget,
+    /// Retries the budget refused (`geolb_retry_budget_exhausted_total`).
+    pub retry_budget_exhausted: metrics::Counter,
+    /// `lb = "peak_ewma"`: time constant (ms) of the latency estimate's decay.
+    pub ewma_decay_ms: u64,
     /// Region draws so far (drives the low-discrepancy share sequence in `select`).
     pub draws: std::sync::atomic::AtomicU64,
     /// The data layer (primary/replica databases), when configured.
@@ -405,6 +412,37 @@ pub struct Settings {
     pub certificates: Vec<CertSpec>,
     /// The `.mmdb` file; the embedded country database when unset.
     pub geo_database: Option<PathBuf>,
+    /// Request hygiene: path normalisation, forwarding headers, loop detection.
+    pub hygiene: Hygiene,
+}
+
+/// Request hygiene settings.
+#[derive(Debug, Clone)]
+pub struct Hygiene {
+    /// Normalise request paths before routing (see `proxy::path`).
+    pub normalize_path: bool,
+    /// Also send an RFC 7239 `Forwarded` header.
+    pub forwarded: bool,
+    /// This instance's `Via` pseudonym.
+    pub via_name: Box<str>,
+    /// `Via` values for HTTP/1.0, HTTP/1.1 and HTTP/2 requests, built once.
+    pub via: [HeaderValue; 3],
+}
+
+impl Hygiene {
+    /// Settings with `via_name` as the pseudonym (a valid token).
+    pub fn new(normalize_path: bool, forwarded: bool, via_name: &str) -> Hygiene {
+        let v = |proto: &str| {
+            HeaderValue::from_str(&format!("{proto} {via_name}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("1.1 geolb"))
+        };
+        Hygiene {
+            normalize_path,
+            forwarded,
+            via_name: via_name.into(),
+            via: [v("1.0"), v("1.1"), v("2")],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -431,6 +469,10 @@ pub struct Timeouts {
     pub proxy_protocol: Duration,
     /// Longest pause while the client sends a request body (then 408).
     pub request_body: Duration,
+    /// A request body gets this long before `limits.min_request_body_rate` applies.
+    pub request_body_grace: Duration,
+    /// Longest time for a whole request body; `None` = no limit beyond the rate.
+    pub request_body_total: Option<Duration>,
     /// An upgraded (WebSocket) tunnel with no traffic either way for this long is closed.
     pub tunnel_idle: Duration,
     /// A write to the client blocked this long (the client stopped reading) closes the
@@ -457,6 +499,8 @@ pub struct Limits {
     pub h2_max_local_error_resets: usize,
     /// Idle pooled connections kept per backend.
     pub max_idle_upstream_per_host: usize,
+    /// Bytes per second a request body must average after the grace period; 0 = off.
+    pub min_request_body_rate: u64,
 }
 
 /// Lowercase, strip the port and a trailing dot, into `buf`. `None` when invalid.

@@ -4,7 +4,7 @@
 
 use std::error::Error as _;
 
-use super::body::{AlreadyClaimed, BodySlot, BodyTimeout, OverLimit};
+use super::body::{AlreadyClaimed, BodySlot, BodyTimeout, Cut, OverLimit};
 
 /// The phase an attempt failed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,9 @@ pub(crate) enum FailureKind {
     BodyTooLarge,
     /// The client paused its body longer than `timeouts.request_body`.
     BodyTimeout,
+    /// The client sent its body below `limits.min_request_body_rate` after the grace
+    /// period, or for longer than `timeouts.request_body_total`.
+    BodyTooSlow,
     /// The client's body itself failed (bad framing, reset stream, already consumed).
     ClientBody,
 }
@@ -64,8 +67,10 @@ impl UpstreamFailure {
             if s.over_limit() {
                 return client(FailureKind::BodyTooLarge);
             }
-            if s.timed_out() {
-                return client(FailureKind::BodyTimeout);
+            match s.cut() {
+                Some(Cut::Idle) => return client(FailureKind::BodyTimeout),
+                Some(Cut::Rate | Cut::Total) => return client(FailureKind::BodyTooSlow),
+                None => {}
             }
             if s.client_failed() {
                 return client(FailureKind::ClientBody);
@@ -120,7 +125,10 @@ impl UpstreamFailure {
     pub(crate) fn client_body(self) -> bool {
         matches!(
             self.kind,
-            FailureKind::BodyTooLarge | FailureKind::BodyTimeout | FailureKind::ClientBody
+            FailureKind::BodyTooLarge
+                | FailureKind::BodyTimeout
+                | FailureKind::BodyTooSlow
+                | FailureKind::ClientBody
         )
     }
 }

@@ -340,8 +340,56 @@ host replication admin 127.0.0.1/32 trust
 host all all 127.0.0.1/32 scram-sha-256
 ";
 
+/// Wait until `ready` succeeds. `false` when the server exited first — its port was taken
+/// between `free_port` and its bind — so the caller retries on another port.
+async fn wait_ready<F, Fut>(process: &mut ServerProcess, what: &str, mut ready: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DB_WAIT;
+    loop {
+        if ready().await {
+            return true;
+        }
+        if !process.alive() {
+            eprintln!(
+                "{what}: the server exited; retrying on another port\n{}",
+                process.log_tail()
+            );
+            return false;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}\n--- log ---\n{}",
+            process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn start_pg(bin: &Path, base: &Path, data: &Path, name: &str) -> PgServer {
-    let port = free_port();
+    for _ in 0..3 {
+        let port = free_port();
+        let mut process = spawn_pg(bin, base, data, name, port);
+        let probe = PgServer::addr_only(port);
+        let what = format!("{name} to accept connections");
+        if wait_ready(&mut process, &what, || async {
+            probe.try_admin_db("postgres").await.is_ok()
+        })
+        .await
+        {
+            return PgServer {
+                port,
+                data: data.to_path_buf(),
+                process,
+            };
+        }
+    }
+    panic!("{name} did not start in 3 attempts");
+}
+
+fn spawn_pg(bin: &Path, base: &Path, data: &Path, name: &str, port: u16) -> ServerProcess {
     let mut cmd = as_server_user(&bin.join("postgres"), base);
     cmd.arg("-D").arg(data).args([
         "-c",
@@ -363,19 +411,7 @@ async fn start_pg(bin: &Path, base: &Path, data: &Path, name: &str) -> PgServer 
         "-c",
         "shared_buffers=16MB",
     ]);
-    let process = ServerProcess::spawn(cmd, base.join(format!("{name}.log")), name, "QUIT");
-    let s = PgServer {
-        port,
-        data: data.to_path_buf(),
-        process,
-    };
-    poll(
-        &format!("{name} to accept connections"),
-        || s.process.log_tail(),
-        || async { s.try_admin_db("postgres").await.ok().map(|_| ()) },
-    )
-    .await;
-    s
+    ServerProcess::spawn(cmd, base.join(format!("{name}.log")), name, "QUIT")
 }
 
 impl PgCluster {
@@ -539,7 +575,40 @@ pub struct MyCluster {
 }
 
 async fn start_my(server: &Path, data: &Path, name: &str, id: u32, read_only: bool) -> MyServer {
-    let port = free_port();
+    for _ in 0..3 {
+        let port = free_port();
+        let mut process = spawn_my(server, data, name, id, read_only, port);
+        let probe = MyServer::socket_only(data.to_path_buf());
+        let what = format!("{name} to accept connections");
+        let ready = wait_ready(&mut process, &what, || async {
+            match probe.try_admin().await {
+                Ok(c) => {
+                    let _ = c.disconnect().await;
+                    true
+                }
+                Err(_) => false,
+            }
+        })
+        .await;
+        if ready {
+            return MyServer {
+                port,
+                data: data.to_path_buf(),
+                process,
+            };
+        }
+    }
+    panic!("{name} did not start in 3 attempts");
+}
+
+fn spawn_my(
+    server: &Path,
+    data: &Path,
+    name: &str,
+    id: u32,
+    read_only: bool,
+    port: u16,
+) -> ServerProcess {
     let mut cmd = Command::new(server);
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
@@ -561,23 +630,7 @@ async fn start_my(server: &Path, data: &Path, name: &str, id: u32, read_only: bo
     if running_as_root() {
         cmd.arg("--user=root");
     }
-    let process = ServerProcess::spawn(cmd, data.with_extension("log"), name, "KILL");
-    let s = MyServer {
-        port,
-        data: data.to_path_buf(),
-        process,
-    };
-    poll(
-        &format!("{name} to accept connections"),
-        || s.process.log_tail(),
-        || async {
-            let c = s.try_admin().await.ok()?;
-            let _ = c.disconnect().await;
-            Some(())
-        },
-    )
-    .await;
-    s
+    ServerProcess::spawn(cmd, data.with_extension("log"), name, "KILL")
 }
 
 impl MyCluster {

@@ -68,6 +68,15 @@ pub struct TestBackend {
     pub open_conns: Arc<AtomicU64>,
     /// What `/healthz` reports of the backend's database (see [`DbState`]).
     pub db: Arc<DbState>,
+    /// Milliseconds every request but `/healthz` waits before it is answered (a slow backend
+    /// whose health checks stay green).
+    pub delay_ms: Arc<AtomicU64>,
+    /// Requests (not `/healthz`) being handled now.
+    pub inflight: Arc<AtomicU64>,
+    /// `x-test-id` of every request other than GET/HEAD received, in arrival order.
+    pub post_ids: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Reset (RST) the open plain-HTTP connections when stopping (see [`TestBackend::kill`]).
+    reset_on_stop: Arc<AtomicBool>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -102,6 +111,10 @@ impl TestBackend {
             arrivals_tx: Arc::new(tx),
             open_conns: Arc::new(AtomicU64::new(0)),
             db: Arc::new(DbState::default()),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+            inflight: Arc::new(AtomicU64::new(0)),
+            post_ids: Arc::default(),
+            reset_on_stop: Arc::new(AtomicBool::new(false)),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             tls,
@@ -115,7 +128,11 @@ impl TestBackend {
         let tasks = self.tasks.clone();
         let tls = self.tls.clone();
         let open_conns = self.open_conns.clone();
+        let reset_on_stop = self.reset_on_stop.clone();
         let ctx = Arc::new(Ctx {
+            delay_ms: self.delay_ms.clone(),
+            inflight: self.inflight.clone(),
+            post_ids: self.post_ids.clone(),
             checks: AtomicU64::new(0),
             name: self.name.clone(),
             region: self.region.clone(),
@@ -133,6 +150,7 @@ impl TestBackend {
                 let ctx = ctx.clone();
                 let cancel = cancel.clone();
                 let tls = tls.clone();
+                let reset = reset_on_stop.clone();
                 let open = OpenConn::new(open_conns.clone());
                 tasks.spawn(async move {
                     let _open = open;
@@ -140,12 +158,23 @@ impl TestBackend {
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
                         None => {
+                            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
                             let svc = service_fn(move |req| handle(req, ctx.clone(), None));
                             let conn =
                                 builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                            tokio::pin!(conn);
                             tokio::select! {
-                                _ = conn => {}
-                                _ = cancel.cancelled() => {}
+                                _ = &mut conn => {}
+                                _ = cancel.cancelled() => {
+                                    if reset.load(Ordering::Relaxed) {
+                                        // SAFETY: `conn` owns the socket and lives until the
+                                        // end of this block; closing it then sends the RST.
+                                        let fd =
+                                            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                                        let _ = socket2::SockRef::from(&fd)
+                                            .set_linger(Some(Duration::ZERO));
+                                    }
+                                }
                             }
                         }
                         Some(cfg) => {
@@ -181,6 +210,19 @@ impl TestBackend {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+    }
+
+    /// Die like a crashed process: stop listening and reset (RST) every open plain-HTTP
+    /// connection, failing the requests in flight on them.
+    pub async fn kill(&mut self) {
+        self.reset_on_stop.store(true, Ordering::Relaxed);
+        self.stop().await;
+        self.reset_on_stop.store(false, Ordering::Relaxed);
+    }
+
+    /// Requests being handled now (not `/healthz`).
+    pub fn inflight(&self) -> u64 {
+        self.inflight.load(Ordering::Relaxed)
     }
 
     /// Listen again on the same address.
@@ -263,6 +305,9 @@ impl DbState {
 }
 
 struct Ctx {
+    delay_ms: Arc<AtomicU64>,
+    inflight: Arc<AtomicU64>,
+    post_ids: Arc<std::sync::Mutex<Vec<String>>>,
     db: Arc<DbState>,
     checks: AtomicU64,
     name: String,
@@ -310,11 +355,20 @@ async fn handle(
         return Ok(r);
     }
     ctx.hits.fetch_add(1, Ordering::Relaxed);
+    let _inflight = OpenConn::new(ctx.inflight.clone());
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        if let Some(id) = req.headers().get("x-test-id") {
+            let id = id.to_str().unwrap_or("").to_owned();
+            ctx.post_ids.lock().unwrap().push(id);
+        }
         ctx.db.writes.fetch_add(1, Ordering::Relaxed);
         if ctx.db.role() != "primary" {
             ctx.db.writes_as_replica.fetch_add(1, Ordering::Relaxed);
         }
+    }
+    let delay = ctx.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     if ctx.mode.load(Ordering::Relaxed) == MODE_503 {
         return Ok(status_resp(503, "unavailable"));
@@ -945,4 +999,124 @@ pub async fn still_pending_after<T>(task: &tokio::task::JoinHandle<T>, window: D
     })
     .await
     .is_err()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed-rate (open-loop) load
+
+/// What a [`RateLoad`] saw.
+#[derive(Default)]
+pub struct RateStats {
+    /// Requests sent.
+    pub sent: AtomicU64,
+    pub get_ok: AtomicU64,
+    pub get_failed: AtomicU64,
+    pub post_ok: AtomicU64,
+    pub post_failed: AtomicU64,
+    /// `x-test-id` of every POST answered 200.
+    pub post_ok_ids: std::sync::Mutex<Vec<String>>,
+    /// "METHOD status error" of the first failures, for assertion messages.
+    pub failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl RateStats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Requests at a fixed rate, each on its own task, so a slow or failing backend never slows
+/// the offered load; the client never retries.
+pub struct RateLoad {
+    stop: Arc<AtomicBool>,
+    ticker: tokio::task::JoinHandle<()>,
+    requests: TaskTracker,
+    pub stats: Arc<RateStats>,
+}
+
+/// `per_sec` requests per second to `path` on geolb's plain-HTTP listener, as a client in
+/// Frankfurt; every `post_every`-th is a POST carrying a unique `x-test-id` (0 = GETs only).
+pub fn start_rate_load(g: &Geolb, per_sec: u32, path: &str, post_every: u64) -> RateLoad {
+    let client: hyper_util::client::legacy::Client<_, Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .retry_canceled_requests(false)
+            .build_http();
+    let url = g.http_url(path);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(RateStats::default());
+    let requests = TaskTracker::new();
+    let (stop2, stats2, tracker) = (stop.clone(), stats.clone(), requests.clone());
+    let ticker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / per_sec);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut n = 0u64;
+        while !stop2.load(Ordering::Relaxed) {
+            tick.tick().await;
+            n += 1;
+            let post = post_every != 0 && n % post_every == 0;
+            let mut b = if post {
+                Request::post(&url).header("x-test-id", n.to_string())
+            } else {
+                Request::get(&url)
+            };
+            b = b.header("x-forwarded-for", IP_FRANKFURT);
+            let req = b.body(full(if post { "order" } else { "" })).unwrap();
+            let (client, stats) = (client.clone(), stats2.clone());
+            stats.sent.fetch_add(1, Ordering::Relaxed);
+            tracker.spawn(async move {
+                let sent = tokio::time::timeout(WAIT, client.request(req)).await;
+                let (ok, what) = match sent {
+                    Ok(Ok(resp)) => {
+                        let status = resp.status();
+                        let err = resp.headers().get("x-geolb-error").cloned();
+                        let _ = resp.into_body().collect().await;
+                        (status == StatusCode::OK, format!("{status} {err:?}"))
+                    }
+                    Ok(Err(e)) => (false, format!("client error {e}")),
+                    Err(_) => (false, "timed out".to_owned()),
+                };
+                let counter = match (post, ok) {
+                    (false, true) => &stats.get_ok,
+                    (false, false) => &stats.get_failed,
+                    (true, true) => &stats.post_ok,
+                    (true, false) => &stats.post_failed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if post && ok {
+                    stats.post_ok_ids.lock().unwrap().push(n.to_string());
+                }
+                if !ok {
+                    let mut f = stats.failures.lock().unwrap();
+                    if f.len() < 50 {
+                        f.push(format!(
+                            "{} #{n}: {what}",
+                            if post { "POST" } else { "GET" }
+                        ));
+                    }
+                }
+            });
+        }
+    });
+    RateLoad {
+        stop,
+        ticker,
+        requests,
+        stats,
+    }
+}
+
+impl RateLoad {
+    /// Requests sent so far.
+    pub fn sent(&self) -> u64 {
+        self.stats.sent.load(Ordering::Relaxed)
+    }
+
+    /// Stop sending and wait for every request to be answered.
+    pub async fn finish(self) -> Arc<RateStats> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.ticker.await.unwrap();
+        self.requests.close();
+        self.requests.wait().await;
+        self.stats
+    }
 }

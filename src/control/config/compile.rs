@@ -16,7 +16,8 @@ use ipnet::IpNet;
 
 use super::diag::{ConfigError, ConfigErrors, Locator};
 use super::file::{
-    ClientIpFile, IpHeaderFile, LimitsFile, ListenersFile, MetricsFile, OverrideFile, RegionFile,
+    ClientIpFile, HeadersFile, IpHeaderFile, LimitsFile, ListenersFile, MetricsFile, OverrideFile,
+    RegionFile,
     RouteFile, RoutesFile, TimeoutsFile, TlsFile,
 };
 use super::values::parse_duration;
@@ -55,6 +56,8 @@ pub struct Compiled {
     /// them, so a state left down by checks this configuration removes must not keep them out
     /// of rotation forever: the publisher calls `force_up` on each once the snapshot is live.
     pub force_up: Vec<Arc<BackendHealth>>,
+    /// The `[dns]` section (GeoDNS), when configured.
+    pub dns: Option<Arc<crate::dns::DnsConfig>>,
 }
 
 /// Read, parse and compile a file.
@@ -203,6 +206,7 @@ impl Compiler<'_, '_> {
             regions: regions.into(),
             services: services.by_name.into_values().collect(),
         };
+        let dns = self.dns(f, &table);
         Compiled {
             table,
             settings,
@@ -211,6 +215,7 @@ impl Compiler<'_, '_> {
             pool_keys: services.pool_keys,
             summary,
             force_up: services.force_up,
+            dns,
         }
     }
 
@@ -346,13 +351,22 @@ impl Compiler<'_, '_> {
             .map(|(j, o)| self.override_rule(&format!("{p}.overrides[{j}]"), o, &svc, regions))
             .collect();
         let name: Arc<str> = format!("{}{}", hosts[0].to_ascii_lowercase(), r.path_prefix).into();
+        let rw_rules = if svc.data.is_none() && !(r.reads.is_empty() && r.writes.is_empty()) {
+            self.err(
+                &format!("{p}.reads"),
+                "reads/writes need a data layer on the service ([services.NAME.data])",
+            );
+            Box::new([]) as Box<[_]>
+        } else {
+            self.rw_rules(p, &r.reads, &r.writes)
+        };
         Route {
             metrics: route_metrics(&name, &svc, regions),
             name,
             service: svc,
             default_order: default_order.into_iter().map(SrIdx).collect(),
             overrides: overrides.into(),
-            rw_rules: self.rw_rules(p, &r.reads, &r.writes),
+            rw_rules,
         }
     }
 
@@ -509,7 +523,24 @@ impl Compiler<'_, '_> {
             preserve_host: f.headers.preserve_host.unwrap_or(true),
             certificates,
             geo_database: f.geo.database.as_deref().map(|p| self.path(p)),
+            hygiene: self.hygiene(&f.headers),
         }
+    }
+
+    fn hygiene(&mut self, h: &HeadersFile) -> Hygiene {
+        let via = h.via.as_deref().unwrap_or("geolb");
+        let token = !via.is_empty()
+            && via.len() <= 64
+            && via
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            self.err(
+                "headers.via",
+                format!("`{via}` is not a Via pseudonym (a token: letters, digits, -._~ …, at most 64)"),
+            );
+        }
+        Hygiene::new(h.normalize_path.unwrap_or(true), h.forwarded, via)
     }
 
     fn listeners(&mut self, l: &ListenersFile) -> Listeners {
@@ -571,6 +602,9 @@ impl Compiler<'_, '_> {
             request_body: d("request_body", &t.request_body, 60),
             tunnel_idle: d("tunnel_idle", &t.tunnel_idle, 3600),
             client_send: d("client_send", &t.client_send, 60),
+            request_body_grace: d("request_body_grace", &t.request_body_grace, 10),
+            request_body_total: Some(d("request_body_total", &t.request_body_total, 0))
+                .filter(|d| !d.is_zero()),
         };
         for (name, d) in [
             ("tls_handshake", timeouts.tls_handshake),
@@ -625,6 +659,7 @@ impl Compiler<'_, '_> {
             h2_max_pending_resets: lim.h2_max_pending_resets.unwrap_or(20) as usize,
             h2_max_local_error_resets: lim.h2_max_local_error_resets.unwrap_or(256) as usize,
             max_idle_upstream_per_host: lim.max_idle_upstream_per_host.unwrap_or(256) as usize,
+            min_request_body_rate: lim.min_request_body_rate.unwrap_or(512),
         }
     }
 
@@ -695,14 +730,14 @@ fn sort_prefixes(mut v: Vec<(Box<str>, RouteIdx)>) -> PrefixList {
     v.into()
 }
 
-fn parse_net(s: &str) -> Option<IpNet> {
+pub(super) fn parse_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
 /// A DNS name or an IP literal; lowercase expected.
-fn valid_host(h: &str) -> bool {
+pub(super) fn valid_host(h: &str) -> bool {
     if h.parse::<std::net::IpAddr>().is_ok() {
         return true;
     }

@@ -103,7 +103,14 @@ impl Compiler<'_, '_> {
             &d.read_lag_recover,
             max_read_lag.unwrap_or_default() / 2,
         );
-        if max_read_lag.is_some_and(|m| recover > m) {
+        if d.read_lag_recover.is_some() && d.max_read_lag.is_none() {
+            self.err(
+                &format!("{p}.read_lag_recover"),
+                "has no effect without max_read_lag",
+            );
+        }
+        // (An invalid max_read_lag is reported once, not again through this comparison.)
+        if max_read_lag.is_some_and(|m| !m.is_zero() && recover > m) {
             self.err(
                 &format!("{p}.read_lag_recover"),
                 "must not be more than max_read_lag (it is the level a skipped region must fall back to)",
@@ -193,7 +200,21 @@ impl Compiler<'_, '_> {
     }
 
     fn ryw(&mut self, p: &str, d: &DataFile) -> Option<Ryw> {
-        let ttl = d.read_your_writes.as_ref()?;
+        let Some(ttl) = d.read_your_writes.as_ref() else {
+            for (key, set) in [
+                ("cookie", d.cookie.is_some()),
+                ("secret_file", d.secret_file.is_some()),
+                ("secret_env", d.secret_env.is_some()),
+            ] {
+                if set {
+                    self.err(
+                        &format!("{p}.{key}"),
+                        "has no effect without read_your_writes",
+                    );
+                }
+            }
+            return None;
+        };
         let ttl = self.duration(
             &format!("{p}.read_your_writes"),
             &Some(ttl.clone()),
@@ -201,13 +222,14 @@ impl Compiler<'_, '_> {
         );
         let cookie = d.cookie.as_deref().unwrap_or("geolb_rw");
         let token_ok = !cookie.is_empty()
+            && cookie.len() <= 64
             && cookie
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !token_ok {
             self.err(
                 &format!("{p}.cookie"),
-                format!("`{cookie}` is not a cookie name"),
+                format!("`{cookie}` is not a cookie name (a token of at most 64 characters)"),
             );
         }
         let secret = self.secret(p, d)?;
@@ -226,7 +248,7 @@ impl Compiler<'_, '_> {
         let (path, value) = match (&d.secret_file, &d.secret_env) {
             (Some(f), None) => {
                 let file = self.path(f);
-                match std::fs::read(&file) {
+                match read_small(&file) {
                     Ok(v) => (format!("{p}.secret_file"), v),
                     Err(e) => {
                         self.err(
@@ -330,6 +352,22 @@ impl Compiler<'_, '_> {
         }
         out.into()
     }
+}
+
+/// Read a key file: a regular file of at most 4 KiB (a FIFO or `/dev/zero` would hang or
+/// exhaust memory during a check or reload).
+fn read_small(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut v = Vec::new();
+    std::fs::File::open(path)?.take(4097).read_to_end(&mut v)?;
+    if v.len() > 4096 {
+        return Err(std::io::Error::other("larger than 4 KiB; a key is 32–64 bytes"));
+    }
+    Ok(v)
 }
 
 /// Service-region names in service-region order, from the region index of each.

@@ -41,6 +41,8 @@ pub(crate) struct RoutesFile {
     pub services: BTreeMap<String, ServiceFile>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+    /// GeoDNS: the zones and names geolb answers for (off when omitted).
+    pub dns: Option<super::dns::DnsFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +81,10 @@ pub(crate) struct TimeoutsFile {
     pub request_body: Option<String>,
     pub tunnel_idle: Option<String>,
     pub client_send: Option<String>,
+    /// A request body gets this long before its minimum rate applies.
+    pub request_body_grace: Option<String>,
+    /// Longest time for a whole request body (unset: no limit beyond the rate).
+    pub request_body_total: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +98,8 @@ pub(crate) struct LimitsFile {
     pub h2_max_pending_resets: Option<u64>,
     pub h2_max_local_error_resets: Option<u64>,
     pub max_idle_upstream_per_host: Option<u64>,
+    /// Bytes per second a request body must average after the grace period (0 = off).
+    pub min_request_body_rate: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +167,14 @@ pub(crate) struct HeadersFile {
     pub response_region: bool,
     /// Keep the client's Host header (default true); false sends the backend's authority.
     pub preserve_host: Option<bool>,
+    /// Normalise request paths (RFC 3986 dot segments, unreserved escapes, merged slashes).
+    pub normalize_path: Option<bool>,
+    /// Also send an RFC 7239 `Forwarded` header to backends.
+    #[serde(default)]
+    pub forwarded: bool,
+    /// This instance's `Via` pseudonym (default "geolb"); a request already carrying it is a
+    /// loop and is answered 508.
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +185,9 @@ pub(crate) struct RegionFile {
     /// Route 53 style bias, -99..=99: positive attracts clients from further away.
     #[serde(default)]
     pub bias: i32,
+    /// Public addresses of this region's geolb edge, answered by GeoDNS.
+    #[serde(default)]
+    pub edge: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +195,8 @@ pub(crate) struct RegionFile {
 pub(crate) struct ServiceFile {
     #[serde(default)]
     pub lb: LbPolicy,
+    /// `lb = "peak_ewma"`: time constant of the latency estimate's decay.
+    pub ewma_decay: Option<String>,
     /// Key for `lb = "hash"`: "client_ip" (default), "header:NAME" or "cookie:NAME".
     #[serde(default)]
     pub hash_key: HashKeyFile,
@@ -264,9 +285,15 @@ pub(crate) struct RetryFile {
     pub attempts: Option<u32>,
     /// Any of "connect", "reset", "timeout" and status codes like "502", "503".
     pub on: Option<Vec<RetryOnFile>>,
-    /// Retries allowed as a fraction of active requests.
+    /// Retry budget: the share of the last `budget_ttl`'s requests that may be retried
+    /// (Finagle's `percent_can_retry`), 0..=1.
     pub budget: Option<f64>,
+    /// Retries per second allowed whatever the traffic (the budget's reserve).
+    pub min_retries_per_sec: Option<u32>,
+    /// Deprecated alias of `min_retries_per_sec` (it once counted concurrent retries).
     pub min_retries: Option<u32>,
+    /// How long a request's deposit and a retry's withdrawal count, 1s..=60s.
+    pub budget_ttl: Option<String>,
     /// Largest request body buffered so it can be replayed.
     pub buffer_bytes: Option<u64>,
 }

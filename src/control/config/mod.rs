@@ -5,6 +5,7 @@ pub mod compile;
 mod data;
 mod databases;
 pub mod diag;
+mod dns;
 pub mod diff;
 pub(crate) mod file;
 mod service;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -15,6 +15,7 @@ use super::file::{
     PassiveFile, RetryFile, RetryOnFile, RoutesFile, ServiceFile, SpilloverFile,
 };
 use crate::health::{BackendHealth, BackendKey, PassivePolicy};
+use crate::route::budget::RetryBudget;
 use crate::route::*;
 use crate::upstream::PoolKey;
 
@@ -37,6 +38,9 @@ struct BackendSet {
     any_http: bool,
     any_https: bool,
 }
+
+/// Largest `retry.min_retries_per_sec`.
+const MAX_MIN_RETRIES_PER_SEC: u32 = 100_000;
 
 /// `retry.on` when omitted.
 const DEFAULT_RETRY_ON: [RetryOnFile; 4] = [
@@ -99,6 +103,14 @@ impl Compiler<'_, '_> {
         let passive = self.passive(&p, &s.passive);
         let spill = self.spill(&p, &s.spillover);
         let retry = self.retry(&p, &s.retry);
+        let ewma_decay = self.duration(
+            &format!("{p}.ewma_decay"),
+            &s.ewma_decay,
+            Duration::from_secs(10),
+        );
+        if ewma_decay < Duration::from_millis(100) || ewma_decay > Duration::from_secs(3600) {
+            self.err(&format!("{p}.ewma_decay"), "must be between 100ms and 1h");
+        }
         let key = self.pool_key(&p, s, settings, &set);
         let client = match self.ctx.pool.client(&key) {
             Ok(c) => c,
@@ -117,6 +129,11 @@ impl Compiler<'_, '_> {
         if self.errors.len() != errors_before {
             return None;
         }
+        let retry_budget = RetryBudget::new(
+            retry.percent_can_retry,
+            retry.min_retries_per_sec,
+            retry.budget_ttl,
+        );
         let regions = set
             .regions
             .into_iter()
@@ -134,8 +151,9 @@ impl Compiler<'_, '_> {
             spill,
             retry,
             check,
-            active: AtomicU32::new(0),
-            retries_active: AtomicU32::new(0),
+            retry_budget,
+            retry_budget_exhausted: crate::observe::metrics::retry_budget_exhausted(name),
+            ewma_decay_ms: ewma_decay.as_millis() as u64,
             draws: std::sync::atomic::AtomicU64::new(0),
             data,
         })
@@ -415,8 +433,13 @@ impl Compiler<'_, '_> {
             on_reset: false,
             on_timeout: false,
             on_status: Box::new([]),
-            budget: r.budget.unwrap_or(0.2),
-            min_retries: r.min_retries.unwrap_or(3),
+            percent_can_retry: r.budget.unwrap_or(0.2),
+            min_retries_per_sec: self.min_retries_per_sec(p, r),
+            budget_ttl: self.duration(
+                &format!("{p}.retry.budget_ttl"),
+                &r.budget_ttl,
+                Duration::from_secs(10),
+            ),
             buffer_bytes: r.buffer_bytes.unwrap_or(64 * 1024),
         };
         let mut statuses = Vec::new();
@@ -429,10 +452,55 @@ impl Compiler<'_, '_> {
             }
         }
         pol.on_status = statuses.into();
-        if !(0.0..=1.0).contains(&pol.budget) {
-            self.err(&format!("{p}.retry.budget"), "must be between 0.0 and 1.0");
+        if !(0.0..=1.0).contains(&pol.percent_can_retry) {
+            self.err(
+                &format!("{p}.retry.budget"),
+                "must be between 0.0 and 1.0 (the share of requests that may be retried)",
+            );
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&pol.budget_ttl) {
+            self.err(
+                &format!("{p}.retry.budget_ttl"),
+                "must be between 1s and 60s",
+            );
         }
         pol
+    }
+
+    /// `retry.min_retries_per_sec`, or its deprecated alias `min_retries` (read with the new
+    /// meaning), default 10 (Finagle's).
+    fn min_retries_per_sec(&mut self, p: &str, r: &RetryFile) -> u32 {
+        let n = match (r.min_retries_per_sec, r.min_retries) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    &format!("{p}.retry.min_retries"),
+                    "set only `min_retries_per_sec` (`min_retries` is its deprecated name)",
+                );
+                0
+            }
+            (Some(n), None) => n,
+            (None, Some(n)) => {
+                tracing::warn!(
+                    "{p}.retry.min_retries is deprecated: it is read as min_retries_per_sec = {n} \
+                     (retries per second on top of the budget, no longer concurrent retries); \
+                     rename it"
+                );
+                n
+            }
+            (None, None) => 10,
+        };
+        if n > MAX_MIN_RETRIES_PER_SEC {
+            let key = if r.min_retries_per_sec.is_some() {
+                "min_retries_per_sec"
+            } else {
+                "min_retries"
+            };
+            self.err(
+                &format!("{p}.retry.{key}"),
+                format!("must be 0..={MAX_MIN_RETRIES_PER_SEC}"),
+            );
+        }
+        n
     }
 
     /// The identity of the service's connection pool (`upstream_tls`, HTTP/2, timeouts).

@@ -120,6 +120,49 @@ const S: &str = "[services.s]\nbackends = [{ region = \"eu\", address = \"10.0.0
 /// valid `[services.s]` (backends in `eu` only, no health checks), `{17 regions}` a service
 /// spanning too many regions.
 const CASES: &[(&str, &str, &str)] = &[
+    // [headers] and the slow-body limits
+    (
+        "[headers]\nvia = \"two words\"",
+        "headers.via",
+        "is not a Via pseudonym",
+    ),
+    ("[headers]\nvia = \"\"", "headers.via", "is not a Via pseudonym"),
+    (
+        "[headers]\nnormalize_path = \"yes\"",
+        "headers.normalize_path",
+        "invalid type",
+    ),
+    (
+        "[timeouts]\nrequest_body_grace = \"soon\"",
+        "timeouts.request_body_grace",
+        "",
+    ),
+    (
+        "[timeouts]\nrequest_body_total = \"10\"",
+        "timeouts.request_body_total",
+        "",
+    ),
+    (
+        "[limits]\nmin_request_body_rate = -1",
+        "limits.min_request_body_rate",
+        "",
+    ),
+    // A route's reads/writes without a data layer.
+    (
+        "routes = [{ service = \"app\", reads = [\"/search\"] }]",
+        "routes[0].reads",
+        "need a data layer",
+    ),
+    (
+        "[services.app.data]\nread_lag_recover = \"1s\"",
+        "services.app.data.read_lag_recover",
+        "has no effect without max_read_lag",
+    ),
+    (
+        "[services.app.data]\ncookie = \"c\"",
+        "services.app.data.cookie",
+        "has no effect without read_your_writes",
+    ),
     // [listeners]
     (
         "[listeners]\nhttps = \"nope\"\nhttp = { address = \"127.0.0.1:0\" }\nadmin = \"off\"",
@@ -509,6 +552,66 @@ const CASES: &[(&str, &str, &str)] = &[
         "services.s.retry.budget",
         "must be between 0.0 and 1.0",
     ),
+    (
+        "{s}[services.s.retry]\nbudget = -0.1",
+        "services.s.retry.budget",
+        "must be between 0.0 and 1.0 (the share of requests that may be retried)",
+    ),
+    (
+        "{s}[services.s.retry]\nbudget_ttl = \"500ms\"",
+        "services.s.retry.budget_ttl",
+        "must be between 1s and 60s",
+    ),
+    (
+        "{s}[services.s.retry]\nbudget_ttl = \"2m\"",
+        "services.s.retry.budget_ttl",
+        "must be between 1s and 60s",
+    ),
+    (
+        "{s}[services.s.retry]\nbudget_ttl = \"soon\"",
+        "services.s.retry.budget_ttl",
+        "`soon` is not a duration",
+    ),
+    (
+        "{s}[services.s.retry]\nmin_retries_per_sec = 1000000",
+        "services.s.retry.min_retries_per_sec",
+        "must be 0..=100000",
+    ),
+    (
+        "{s}[services.s.retry]\nmin_retries = 1000000",
+        "services.s.retry.min_retries",
+        "must be 0..=100000",
+    ),
+    (
+        "{s}[services.s.retry]\nmin_retries_per_sec = -1",
+        "services.s.retry.min_retries_per_sec",
+        "invalid value: integer `-1`",
+    ),
+    (
+        "{s}[services.s.retry]\nmin_retries = 3\nmin_retries_per_sec = 3",
+        "services.s.retry.min_retries",
+        "set only `min_retries_per_sec` (`min_retries` is its deprecated name)",
+    ),
+    (
+        "{s}[services.s.retry]\nmin_retries_per_second = 3",
+        "services.s.retry.min_retries_per_second",
+        "unknown field `min_retries_per_second`",
+    ),
+    (
+        "[services.s]\nlb = \"peak_ewm\"\nbackends = [{ region = \"eu\", address = \"10.0.0.9:80\" }]\n",
+        "services.s.lb",
+        "unknown variant `peak_ewm`, expected one of `round_robin`, `least_request`, `hash`, `peak_ewma`",
+    ),
+    (
+        "[services.s]\nlb = \"peak_ewma\"\newma_decay = \"10ms\"\nbackends = [{ region = \"eu\", address = \"10.0.0.9:80\" }]\n",
+        "services.s.ewma_decay",
+        "must be between 100ms and 1h",
+    ),
+    (
+        "[services.s]\newma_decay = \"fast\"\nbackends = [{ region = \"eu\", address = \"10.0.0.9:80\" }]\n",
+        "services.s.ewma_decay",
+        "`fast` is not a duration",
+    ),
     // [services.*.upstream_tls]
     (
         "{s}[services.s.upstream_tls]\nclient_cert = \"{dir}/a.pem\"",
@@ -642,21 +745,21 @@ const CASES: &[(&str, &str, &str)] = &[
     (
         "{s}[services.s.data]\nprimry = \"eu\"",
         "services.s.data.primry",
-        "`write_methods` (did you mean `primary`?)",
+        "(did you mean `primary`?)",
     ),
     // [[routes]] reads / writes
     (
-        "routes = [{ service = \"app\", writes = [\"P@ST /orders\"] }]",
+        "routes = [{ service = \"app\", writes = [\"P@ST /orders\"] }]\n[services.app.data]\nwrites = \"any\"",
         "routes[0].writes[0]",
         "`P@ST /orders`: expected \"/prefix\" or \"METHOD /prefix\"",
     ),
     (
-        "routes = [{ service = \"app\", reads = [\"/search\", \"POST search\"] }]",
+        "routes = [{ service = \"app\", reads = [\"/search\", \"POST search\"] }]\n[services.app.data]\nwrites = \"any\"",
         "routes[0].reads[1]",
         "`POST search`: the path prefix must start with `/`",
     ),
     (
-        "routes = [{ service = \"app\", writes = [\"orders\"] }]",
+        "routes = [{ service = \"app\", writes = [\"orders\"] }]\n[services.app.data]\nwrites = \"any\"",
         "routes[0].writes[0]",
         "`orders`: the path prefix must start with `/`",
     ),
@@ -1007,4 +1110,46 @@ fn a_signing_key_from_the_environment() {
             ConfigErrors(errors)
         );
     }
+}
+
+#[test]
+fn retry_budget_and_peak_ewma_settings() {
+    use std::time::Duration;
+    let svc_with = |extra: &str| {
+        config(&format!(
+            "[services.app]\n{extra}\nbackends = [{{ region = \"eu\", address = \"10.0.0.1:80\" }}]"
+        ))
+    };
+    // Defaults: 20 % of the last 10 s of requests plus 10 retries per second (Finagle's).
+    let c = compile(&svc_with("")).unwrap();
+    let svc = app(&c);
+    assert_eq!(svc.retry.percent_can_retry, 0.2);
+    assert_eq!(svc.retry.min_retries_per_sec, 10);
+    assert_eq!(svc.retry.budget_ttl, Duration::from_secs(10));
+    assert_eq!(svc.retry_budget.balance(crate::time::now_ms()), 100);
+    assert_eq!(svc.lb, crate::route::LbPolicy::LeastRequest);
+    assert_eq!(svc.ewma_decay_ms, 10_000);
+    // Every key set.
+    let c = compile(&svc_with(
+        "lb = \"peak_ewma\"\newma_decay = \"3s\"\n\
+         retry = { budget = 0.1, min_retries_per_sec = 5, budget_ttl = \"2s\" }",
+    ))
+    .unwrap();
+    let svc = app(&c);
+    assert_eq!(svc.retry.percent_can_retry, 0.1);
+    assert_eq!(svc.retry.min_retries_per_sec, 5);
+    assert_eq!(svc.retry.budget_ttl, Duration::from_secs(2));
+    assert_eq!(svc.retry_budget.balance(crate::time::now_ms()), 10);
+    assert_eq!(svc.lb, crate::route::LbPolicy::PeakEwma);
+    assert_eq!(svc.ewma_decay_ms, 3_000);
+    // The deprecated `min_retries` still loads, read as retries per second.
+    let c = compile(&svc_with("retry = { min_retries = 4 }")).unwrap();
+    assert_eq!(app(&c).retry.min_retries_per_sec, 4);
+    assert_eq!(app(&c).retry_budget.balance(crate::time::now_ms()), 40);
+    // No budget at all: no retry is ever allowed.
+    let c = compile(&svc_with(
+        "retry = { budget = 0.0, min_retries_per_sec = 0 }",
+    ))
+    .unwrap();
+    assert!(!app(&c).retry_budget.try_withdraw(crate::time::now_ms()));
 }

@@ -1,0 +1,159 @@
+//! The DNS listeners: a lean UDP loop and a TCP loop on tokio (no hickory-server stack: the
+//! answer is one synchronous function over a published view, so a receive → answer → send
+//! loop per worker with its own reused buffers is all a server needs).
+//!
+//! UDP: one task per runtime worker on the shared socket, each with a receive buffer and a
+//! [`Scratch`]; the view is loaded per packet (a reload takes effect on the next query); the
+//! rate limit runs before the answer. TCP (RFC 7766): length-prefixed messages, several per
+//! connection, an idle timeout, a cap on open connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::dns::DnsView;
+use crate::dns::rrl::Verdict;
+use crate::dns::wire::{self, Scratch, Transport};
+use crate::time::now_ms;
+
+/// Largest UDP query read (larger datagrams are cut, then fail to parse: FORMERR).
+const UDP_BUF: usize = 4096;
+/// Open TCP connections at most; more are closed at once.
+const MAX_TCP_CONNECTIONS: usize = 512;
+/// A TCP connection idle (between or inside messages) this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Queries answered on one TCP connection at most.
+const TCP_MAX_QUERIES: usize = 1000;
+
+/// The published view the loops answer from (`None` while DNS is not configured).
+pub(crate) type Views = Arc<ArcSwapOption<DnsView>>;
+
+/// Serve DNS over UDP on `sock` until `stop`: one worker task per runtime thread.
+pub(crate) fn spawn_udp(sock: UdpSocket, views: Views, stop: CancellationToken, tasks: &TaskTracker) {
+    let sock = Arc::new(sock);
+    let workers = tokio::runtime::Handle::current().metrics().num_workers().max(1);
+    for _ in 0..workers {
+        tasks.spawn(udp_worker(sock.clone(), views.clone(), stop.clone()));
+    }
+}
+
+async fn udp_worker(sock: Arc<UdpSocket>, views: Views, stop: CancellationToken) {
+    let mut buf = vec![0u8; UDP_BUF];
+    let mut s = Scratch::default();
+    loop {
+        let (n, peer) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                // ICMP errors from earlier sends surface here on Linux: not fatal.
+                Err(_) => continue,
+            },
+            _ = stop.cancelled() => return,
+        };
+        if answer_udp(&views, &buf[..n], peer, &mut s) {
+            let _ = sock.send_to(&s.out, peer).await;
+        }
+    }
+}
+
+/// Answer one datagram into `s.out` (true when something is to be sent).
+fn answer_udp(views: &Views, packet: &[u8], peer: SocketAddr, s: &mut Scratch) -> bool {
+    let guard = views.load();
+    let Some(view) = guard.as_deref() else {
+        return false;
+    };
+    let now = now_ms();
+    let ip = peer.ip().to_canonical();
+    if let Some(rrl) = &view.rrl {
+        match rrl.check(ip, now) {
+            Verdict::Answer => {}
+            Verdict::Slip => {
+                view.config.metrics.rrl_slip.increment(1);
+                return wire::slip(packet, s);
+            }
+            Verdict::Drop => {
+                view.config.metrics.rrl_drop.increment(1);
+                return false;
+            }
+        }
+    }
+    wire::handle(view, packet, ip, Transport::Udp, now, s)
+}
+
+/// Serve DNS over TCP on `listener` until `stop`.
+pub(crate) async fn tcp_loop(
+    listener: TcpListener,
+    views: Views,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!("dns tcp accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // over the cap: closed at once
+        };
+        let (views, stop) = (views.clone(), stop.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = tcp_conn(stream, peer, &views) => {}
+                _ = stop.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_conn(mut stream: TcpStream, peer: SocketAddr, views: &Views) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::with_capacity(512);
+    let mut s = Scratch::default();
+    let mut framed = Vec::with_capacity(514);
+    let ip = peer.ip().to_canonical();
+    for _ in 0..TCP_MAX_QUERIES {
+        let mut len = [0u8; 2];
+        if !matches!(tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await, Ok(Ok(_))) {
+            return;
+        }
+        buf.resize(usize::from(u16::from_be_bytes(len)), 0);
+        if !matches!(tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf)).await, Ok(Ok(_))) {
+            return;
+        }
+        let answered = {
+            let guard = views.load();
+            let Some(view) = guard.as_deref() else {
+                return;
+            };
+            wire::handle(view, &buf, ip, Transport::Tcp, now_ms(), &mut s)
+        };
+        if !answered {
+            return;
+        }
+        let Ok(n) = u16::try_from(s.out.len()) else {
+            return;
+        };
+        framed.clear();
+        framed.extend_from_slice(&n.to_be_bytes());
+        framed.extend_from_slice(&s.out);
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Latency-aware balancing (`lb = "peak_ewma"`): a backend that turns 40x slower than its peer
+//! while its health checks stay green loses its traffic, and gets it back once it is fast again.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+
+const HEALTH: &str = "health = { path = \"/healthz\", interval = \"200ms\" }";
+
+/// Generous: this waits on a balancing outcome, not a deadline (CI machines are loaded).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Watch the slow backend's share over windows of `window` requests until `done` accepts one;
+/// returns the shares seen. Panics after `DEADLINE`.
+async fn shares_until(
+    fast: &TestBackend,
+    slow: &TestBackend,
+    window: u64,
+    what: &str,
+    mut done: impl FnMut(f64) -> bool,
+) -> Vec<f64> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    loop {
+        let (f0, s0) = (fast.hits(), slow.hits());
+        while fast.hits() + slow.hits() < f0 + s0 + window {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}; shares seen: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (f, s) = (fast.hits() - f0, slow.hits() - s0);
+        let share = s as f64 / (f + s) as f64;
+        seen.push(share);
+        if done(share) {
+            return seen;
+        }
+    }
+}
+
+/// Fast (5 ms) and slow (200 ms) backends in one region with `lb`; steady load from Frankfurt.
+async fn slow_backend_share(lb: &str) {
+    let fast = TestBackend::spawn("fast", "eu-central").await;
+    let slow = TestBackend::spawn("slow", "eu-central").await;
+    fast.delay_ms.store(5, Ordering::Relaxed);
+    slow.delay_ms.store(200, Ordering::Relaxed);
+    // A short decay so that the slow backend's recovery is seen within seconds.
+    let extra = format!("lb = \"{lb}\"\newma_decay = \"1s\"\n{HEALTH}");
+    let cfg = service_toml("app", &[&fast, &slow], &extra) + "[[routes]]\nservice = \"app\"\n";
+    let g = Geolb::start(&cfg).await;
+    let load = start_rate_load(&g, 150, "/", 0);
+    let slow_seen = shares_until(
+        &fast,
+        &slow,
+        300,
+        "the slow backend's share under 1 %",
+        |s| s < 0.01,
+    )
+    .await;
+    eprintln!("{lb}: slow backend's share per window of 300 requests: {slow_seen:.4?}");
+    slow.delay_ms.store(5, Ordering::Relaxed);
+    let back = shares_until(
+        &fast,
+        &slow,
+        300,
+        "the recovered backend's share over 20 %",
+        |s| s > 0.2,
+    )
+    .await;
+    eprintln!("{lb}: after it sped up: {back:.4?}");
+    let stats = load.finish().await;
+    assert_eq!(
+        RateStats::get(&stats.get_failed),
+        0,
+        "{:?}",
+        stats.failures.lock().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_backend_loses_its_traffic_and_wins_it_back() {
+    slow_backend_share("peak_ewma").await;
+}
+
+/// For comparison (`cargo test --test peak_ewma -- --ignored --nocapture`): least_request in
+/// the same setup keeps sending the slow backend a steady share (about 6 % here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, for comparison"]
+async fn least_request_for_comparison() {
+    let fast = TestBackend::spawn("fast", "eu-central").await;
+    let slow = TestBackend::spawn("slow", "eu-central").await;
+    fast.delay_ms.store(5, Ordering::Relaxed);
+    slow.delay_ms.store(200, Ordering::Relaxed);
+    let extra = format!("lb = \"least_request\"\n{HEALTH}");
+    let cfg = service_toml("app", &[&fast, &slow], &extra) + "[[routes]]\nservice = \"app\"\n";
+    let g = Geolb::start(&cfg).await;
+    let load = start_rate_load(&g, 150, "/", 0);
+    let mut windows = 0;
+    let seen = shares_until(&fast, &slow, 300, "five windows", |_| {
+        windows += 1;
+        windows == 5
+    })
+    .await;
+    eprintln!("least_request: slow backend's share per window of 300 requests: {seen:.4?}");
+    load.finish().await;
+}

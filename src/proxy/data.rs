@@ -82,6 +82,9 @@ fn count_ryw(policy: &DataPolicy, d: RywDecision) {
     policy.metrics.ryw[i].increment(1);
 }
 
+/// Longest wait between looks at the primary while a write is held.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Wait until one region is primary and has an available backend; `write_hold` at most.
 async fn hold_for_primary(svc: &Service, policy: &DataPolicy) -> Result<SrIdx, ProxyError> {
     let start = Instant::now();
@@ -106,12 +109,16 @@ async fn hold_for_primary(svc: &Service, policy: &DataPolicy) -> Result<SrIdx, P
             _ => {}
         }
         logged = true;
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+        if tokio::time::Instant::now() >= deadline {
             policy.metrics.hold.record(start.elapsed().as_secs_f64());
             let none = policy.metrics.writes.len() - 1;
             policy.metrics.writes[none][2].increment(1);
             return Err(ProxyError::WriteHeld);
         }
+        // Role and health changes are signalled; a passive ejection ending is not (it is a
+        // deadline, not an event), so look again at least every 250 ms.
+        let recheck = (tokio::time::Instant::now() + RECHECK).min(deadline);
+        let _ = tokio::time::timeout_at(recheck, changed).await;
     }
 }
 

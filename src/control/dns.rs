@@ -60,7 +60,10 @@ impl DnsRuntime {
             return Ok(None);
         }
         let udp = match want.0 {
-            Some(a) => Some((a, bind_udp(a).map_err(|e| format!("cannot listen on udp {a}: {e}"))?)),
+            Some(a) => Some((
+                a,
+                bind_udp(a).map_err(|e| format!("cannot listen on udp {a}: {e}"))?,
+            )),
             None => None,
         };
         // "Any port" for both on one address: TCP takes UDP's port (truncated answers are
@@ -73,7 +76,10 @@ impl DnsRuntime {
         };
         let tcp = match (want.1, same_port) {
             (Some(a), Some(l)) => Some((a, l)),
-            (Some(a), None) => Some((a, bind_tcp(a).map_err(|e| format!("cannot listen on tcp {a}: {e}"))?)),
+            (Some(a), None) => Some((
+                a,
+                bind_tcp(a).map_err(|e| format!("cannot listen on tcp {a}: {e}"))?,
+            )),
             (None, _) => None,
         };
         Ok(Some(Bound { udp, tcp }))

@@ -24,7 +24,10 @@ pub enum Family {
 impl Family {
     /// Does `ip` belong to this family?
     pub fn has(self, ip: IpAddr) -> bool {
-        matches!((self, ip), (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_)))
+        matches!(
+            (self, ip),
+            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+        )
     }
 }
 
@@ -178,11 +181,11 @@ pub fn decide(
         failed_open: false,
     };
     let mut weight = [1.0; MAX_REGIONS];
-    for p in 0..order.len {
+    for (p, w) in weight.iter_mut().enumerate().take(order.len) {
         let sr = order.idx[p];
         d.health[p] = health(cfg, snap, name, sr, family, now);
         if let NameKind::Route { route } = &name.kind {
-            weight[p] = snap.table.routes[*route].service.regions[sr].total_weight as f64;
+            *w = snap.table.routes[*route].service.regions[sr].total_weight as f64;
         }
     }
     let spill = match &name.kind {

@@ -41,7 +41,11 @@ pub fn explain(cfg: &DnsConfig, snap: &Snapshot, q: &DnsQuery<'_>) -> Value {
     let lower = q.name.trim_end_matches('.').to_ascii_lowercase();
     let (geo_ip, located_by, scope) = match q.subnet {
         Some((addr, source)) if source > 0 => {
-            let cap = if addr.is_ipv4() { cfg.ecs_max_v4 } else { cfg.ecs_max_v6 };
+            let cap = if addr.is_ipv4() {
+                cfg.ecs_max_v4
+            } else {
+                cfg.ecs_max_v6
+            };
             (addr, "client subnet (ECS)", Some(source.min(cap)))
         }
         Some(_) => (q.ip, "resolver address (ECS source prefix 0)", Some(0)),
@@ -72,7 +76,11 @@ pub fn explain(cfg: &DnsConfig, snap: &Snapshot, q: &DnsQuery<'_>) -> Value {
             return json!({ "name": lower, "qtype": qtype, "geo": geo, "zone": &*cfg.zones[zone].apex,
                 "rcode": "NOERROR", "answer": [], "why": "zone apex: SOA and NS only (NODATA)" });
         }
-        Lookup::Apex { zone, name: Some(name) } | Lookup::Name { zone, name } => (zone, name),
+        Lookup::Apex {
+            zone,
+            name: Some(name),
+        }
+        | Lookup::Name { zone, name } => (zone, name),
     };
     let n = &cfg.names[name];
     let mut v = json!({
@@ -83,10 +91,13 @@ pub fn explain(cfg: &DnsConfig, snap: &Snapshot, q: &DnsQuery<'_>) -> Value {
         "source": kind(snap, n),
         "ttl": cfg.ttl,
     });
-    let now = now_ms();
     match &n.kind {
         NameKind::Static { addrs } => {
-            let a: Vec<String> = addrs.iter().filter(|i| family.has(**i)).map(ToString::to_string).collect();
+            let a: Vec<String> = addrs
+                .iter()
+                .filter(|i| family.has(**i))
+                .map(ToString::to_string)
+                .collect();
             v["rcode"] = json!("NOERROR");
             v["answer"] = json!(a);
         }
@@ -95,13 +106,31 @@ pub fn explain(cfg: &DnsConfig, snap: &Snapshot, q: &DnsQuery<'_>) -> Value {
             v["answer"] = json!([]);
         }
         NameKind::Route { .. } | NameKind::Targets { .. } => {
-            let Some(d) = answer::decide(cfg, snap, n, family, geo_ip, now, 0.0) else {
-                return v;
-            };
-            v["rule"] = json!(d.order.rule.describe());
-            v["panic"] = json!(d.panic);
-            v["failed_open"] = json!(d.failed_open);
-            v["candidates"] = json!((0..d.order.len).map(|p| {
+            regional(cfg, snap, n, family, geo_ip, &mut v);
+        }
+    }
+    v
+}
+
+/// The decision part of an explanation: rule, candidates with health and share, the answer.
+fn regional(
+    cfg: &DnsConfig,
+    snap: &Snapshot,
+    n: &DnsName,
+    family: Family,
+    geo_ip: IpAddr,
+    v: &mut Value,
+) {
+    let now = now_ms();
+    let Some(d) = answer::decide(cfg, snap, n, family, geo_ip, now, 0.0) else {
+        return;
+    };
+    v["rule"] = json!(d.order.rule.describe());
+    v["panic"] = json!(d.panic);
+    v["failed_open"] = json!(d.failed_open);
+    v["candidates"] = json!(
+        (0..d.order.len)
+            .map(|p| {
                 let sr = d.order.idx[p];
                 let dist = d.order.dist_km[p];
                 json!({
@@ -112,19 +141,22 @@ pub fn explain(cfg: &DnsConfig, snap: &Snapshot, q: &DnsQuery<'_>) -> Value {
                     "share": d.shares[p],
                     "addresses": addresses(answer::endpoints(cfg, snap, n, sr)),
                 })
-            }).collect::<Vec<_>>());
-            let mut a = Vec::new();
-            let mut regions = Vec::new();
-            for &p in d.chosen() {
-                regions.push(snap.table.regions[answer::region_of(snap, n, d.order.idx[p])].name.to_string());
-                answer::for_each_address(cfg, snap, n, &d, p, family, |ip| a.push(ip.to_string()));
-            }
-            v["rcode"] = json!(if d.servfail { "SERVFAIL" } else { "NOERROR" });
-            v["answer_regions"] = json!(regions);
-            v["answer"] = json!(a);
-        }
+            })
+            .collect::<Vec<_>>()
+    );
+    let mut a = Vec::new();
+    let mut regions = Vec::new();
+    for &p in d.chosen() {
+        regions.push(
+            snap.table.regions[answer::region_of(snap, n, d.order.idx[p])]
+                .name
+                .to_string(),
+        );
+        answer::for_each_address(cfg, snap, n, &d, p, family, |ip| a.push(ip.to_string()));
     }
-    v
+    v["rcode"] = json!(if d.servfail { "SERVFAIL" } else { "NOERROR" });
+    v["answer_regions"] = json!(regions);
+    v["answer"] = json!(a);
 }
 
 fn kind(snap: &Snapshot, n: &DnsName) -> Value {
@@ -138,11 +170,13 @@ fn kind(snap: &Snapshot, n: &DnsName) -> Value {
 
 fn addresses(eps: &[Endpoint]) -> Vec<Value> {
     eps.iter()
-        .map(|e| json!({
-            "address": e.ip.to_string(),
-            "checked": e.check.map(|c| c.to_string()),
-            "up": e.is_up(),
-        }))
+        .map(|e| {
+            json!({
+                "address": e.ip.to_string(),
+                "checked": e.check.map(|c| c.to_string()),
+                "up": e.is_up(),
+            })
+        })
         .collect()
 }
 

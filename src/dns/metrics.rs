@@ -71,6 +71,8 @@ pub struct DnsMetrics {
     pub rrl_drop: Counter,
     /// Packets dropped unanswered: not a query, or too short for a header.
     pub malformed: Counter,
+    /// UDP datagrams dropped unanswered for being larger than any query.
+    pub oversized: Counter,
     zones: usize,
 }
 
@@ -99,6 +101,7 @@ impl DnsMetrics {
             rrl_slip: counter!(RATE_LIMITED_TOTAL, "action" => "slip"),
             rrl_drop: counter!(RATE_LIMITED_TOTAL, "action" => "drop"),
             malformed: counter!(DROPPED_TOTAL, "reason" => "malformed"),
+            oversized: counter!(DROPPED_TOTAL, "reason" => "oversized"),
             zones: zones.len(),
         }
     }
@@ -132,6 +135,6 @@ fn describe() {
     );
     describe_counter!(
         DROPPED_TOTAL,
-        "DNS packets dropped unanswered (responses, packets shorter than a header)."
+        "DNS packets dropped unanswered, by reason (malformed: a response or shorter than a header; oversized)."
     );
 }

@@ -22,8 +22,9 @@ use crate::dns::rrl::Verdict;
 use crate::dns::wire::{self, Scratch, Transport};
 use crate::time::now_ms;
 
-/// Largest UDP query read (larger datagrams are cut, then fail to parse: FORMERR).
-const UDP_BUF: usize = 4096;
+/// Largest UDP query accepted; a larger datagram is dropped unanswered (no DNS query is
+/// that large: it is junk or an attack).
+const UDP_MAX_QUERY: usize = 4096;
 /// Open TCP connections at most; more are closed at once.
 const MAX_TCP_CONNECTIONS: usize = 512;
 /// A TCP connection idle (between or inside messages) this long is closed.
@@ -35,16 +36,25 @@ const TCP_MAX_QUERIES: usize = 1000;
 pub(crate) type Views = Arc<ArcSwapOption<DnsView>>;
 
 /// Serve DNS over UDP on `sock` until `stop`: one worker task per runtime thread.
-pub(crate) fn spawn_udp(sock: UdpSocket, views: Views, stop: CancellationToken, tasks: &TaskTracker) {
+pub(crate) fn spawn_udp(
+    sock: UdpSocket,
+    views: Views,
+    stop: CancellationToken,
+    tasks: &TaskTracker,
+) {
     let sock = Arc::new(sock);
-    let workers = tokio::runtime::Handle::current().metrics().num_workers().max(1);
+    let workers = tokio::runtime::Handle::current()
+        .metrics()
+        .num_workers()
+        .max(1);
     for _ in 0..workers {
         tasks.spawn(udp_worker(sock.clone(), views.clone(), stop.clone()));
     }
 }
 
 async fn udp_worker(sock: Arc<UdpSocket>, views: Views, stop: CancellationToken) {
-    let mut buf = vec![0u8; UDP_BUF];
+    // One byte more than the largest query: a datagram that fills it was cut by the kernel.
+    let mut buf = vec![0u8; UDP_MAX_QUERY + 1];
     let mut s = Scratch::default();
     loop {
         let (n, peer) = tokio::select! {
@@ -55,6 +65,12 @@ async fn udp_worker(sock: Arc<UdpSocket>, views: Views, stop: CancellationToken)
             },
             _ = stop.cancelled() => return,
         };
+        if n > UDP_MAX_QUERY {
+            if let Some(v) = views.load().as_deref() {
+                v.config.metrics.oversized.increment(1);
+            }
+            continue;
+        }
         if answer_udp(&views, &buf[..n], peer, &mut s) {
             let _ = sock.send_to(&s.out, peer).await;
         }
@@ -129,11 +145,17 @@ async fn tcp_conn(mut stream: TcpStream, peer: SocketAddr, views: &Views) {
     let ip = peer.ip().to_canonical();
     for _ in 0..TCP_MAX_QUERIES {
         let mut len = [0u8; 2];
-        if !matches!(tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await, Ok(Ok(_))) {
+        if !matches!(
+            tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await,
+            Ok(Ok(_))
+        ) {
             return;
         }
         buf.resize(usize::from(u16::from_be_bytes(len)), 0);
-        if !matches!(tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf)).await, Ok(Ok(_))) {
+        if !matches!(
+            tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf)).await,
+            Ok(Ok(_))
+        ) {
             return;
         }
         let answered = {

@@ -57,7 +57,8 @@ pub struct Scratch {
 
 impl Default for Scratch {
     fn default() -> Self {
-        let mut opt = Record::from_rdata(Name::root(), 0, RData::OPT(OPT::new(Vec::with_capacity(2))));
+        let mut opt =
+            Record::from_rdata(Name::root(), 0, RData::OPT(OPT::new(Vec::with_capacity(2))));
         opt.dns_class = DNSClass::for_opt(1232);
         Scratch {
             out: Vec::with_capacity(1232),
@@ -108,7 +109,11 @@ pub fn handle(
         cfg.metrics.malformed.increment(1);
         return false;
     }
-    let mut meta = Metadata::new(header.metadata.id, MessageType::Response, header.metadata.op_code);
+    let mut meta = Metadata::new(
+        header.metadata.id,
+        MessageType::Response,
+        header.metadata.op_code,
+    );
     meta.recursion_desired = header.metadata.recursion_desired;
     meta.checking_disabled = header.metadata.checking_disabled;
     let mut asked = Asked {
@@ -238,7 +243,11 @@ fn answer<'v>(
         (RecordType::ANY, _) => {
             // RFC 8482: a minimal answer instead of everything at the name.
             let hinfo = HINFO::new("RFC8482".to_owned(), String::new());
-            s.answers.push(Record::from_rdata(query.name().clone(), cfg.ttl, RData::HINFO(hinfo)));
+            s.answers.push(Record::from_rdata(
+                query.name().clone(),
+                cfg.ttl,
+                RData::HINFO(hinfo),
+            ));
             ResponseCode::NoError
         }
         (RecordType::A, Some(n)) => addresses(view, n, Family::V4, query.name(), geo_ip, now, s),
@@ -276,7 +285,10 @@ fn addresses(
     };
     match &n.kind {
         NameKind::Static { addrs } => {
-            addrs.iter().filter(|ip| family.has(**ip)).for_each(|ip| push(*ip));
+            addrs
+                .iter()
+                .filter(|ip| family.has(**ip))
+                .for_each(|ip| push(*ip));
             ResponseCode::NoError
         }
         NameKind::EmptyNonTerminal => ResponseCode::NoError,
@@ -295,7 +307,8 @@ fn addresses(
                     c.increment(1);
                 }
                 if let Some(r) = cfg.regions.get(region.0) {
-                    r.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    r.answered
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 answer::for_each_address(cfg, &view.snap, n, &d, p, family, &mut push);
             }
@@ -314,7 +327,8 @@ fn finish(
     mut fixed: Fixed<'_>,
 ) -> bool {
     asked.meta.response_code = rcode;
-    cfg.metrics.query(asked.zone, asked.qtype, rcode_label(rcode));
+    cfg.metrics
+        .query(asked.zone, asked.qtype, rcode_label(rcode));
     if asked.edns_size.is_some() {
         s.opt.dns_class = DNSClass::for_opt(cfg.max_udp_payload);
         s.opt.ttl = u32::from(rcode.high()) << 24;
@@ -328,7 +342,13 @@ fn finish(
     }
     let limit = match transport {
         Transport::Tcp => usize::from(u16::MAX),
-        Transport::Udp => usize::from(asked.edns_size.unwrap_or(512).min(cfg.max_udp_payload).max(512)),
+        Transport::Udp => usize::from(
+            asked
+                .edns_size
+                .unwrap_or(512)
+                .min(cfg.max_udp_payload)
+                .max(512),
+        ),
     };
     if emit(asked, s, fixed).is_err() {
         return false;
@@ -370,9 +390,17 @@ pub fn slip(packet: &[u8], s: &mut Scratch) -> bool {
     if header.metadata.message_type != MessageType::Query {
         return false;
     }
-    let mut meta = Metadata::new(header.metadata.id, MessageType::Response, header.metadata.op_code);
+    let mut meta = Metadata::new(
+        header.metadata.id,
+        MessageType::Response,
+        header.metadata.op_code,
+    );
     meta.truncation = true;
-    let query = if header.counts.queries == 1 { Query::read(&mut dec).ok() } else { None };
+    let query = if header.counts.queries == 1 {
+        Query::read(&mut dec).ok()
+    } else {
+        None
+    };
     let asked = Asked {
         meta,
         query,
@@ -410,12 +438,20 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let m = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix.min(32)))
+            };
             IpAddr::V4((bits & m).into())
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
-            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix.min(128))) };
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix.min(128)))
+            };
             IpAddr::V6((bits & m).into())
         }
     }

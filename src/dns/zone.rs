@@ -213,7 +213,11 @@ pub enum Lookup {
 impl DnsConfig {
     /// Classify a lowercase name without its trailing dot (`""` is the root).
     pub fn lookup(&self, qname: &[u8]) -> Lookup {
-        let Some(zone) = self.zones.iter().position(|z| in_zone(qname, z.apex.as_bytes())) else {
+        let Some(zone) = self
+            .zones
+            .iter()
+            .position(|z| in_zone(qname, z.apex.as_bytes()))
+        else {
             return Lookup::Outside;
         };
         let name = self.by_name.get(qname).copied();
@@ -232,8 +236,7 @@ pub fn in_zone(name: &[u8], apex: &[u8]) -> bool {
     if apex.is_empty() {
         return true;
     }
-    name.ends_with(apex)
-        && (name.len() == apex.len() || name[name.len() - apex.len() - 1] == b'.')
+    name.ends_with(apex) && (name.len() == apex.len() || name[name.len() - apex.len() - 1] == b'.')
 }
 
 #[cfg(test)]

@@ -150,7 +150,9 @@ fn endpoint_addr(s: &str) -> Option<(IpAddr, Option<u16>)> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some((ip, None));
     }
-    s.parse::<SocketAddr>().ok().map(|a| (a.ip(), Some(a.port())))
+    s.parse::<SocketAddr>()
+        .ok()
+        .map(|a| (a.ip(), Some(a.port())))
 }
 
 fn dns_name(s: &str) -> Option<Name> {
@@ -259,7 +261,11 @@ impl Compiler<'_, '_> {
                 ProbeKind::Http { path: path.into() }
             }
         };
-        let interval = self.duration(&format!("{p}.interval"), &f.interval, Duration::from_secs(2));
+        let interval = self.duration(
+            &format!("{p}.interval"),
+            &f.interval,
+            Duration::from_secs(2),
+        );
         let timeout = self.duration(&format!("{p}.timeout"), &f.timeout, Duration::from_secs(1));
         for (key, d) in [("interval", interval), ("timeout", timeout)] {
             if d.is_zero() {
@@ -290,7 +296,10 @@ impl Compiler<'_, '_> {
             .filter_map(|(i, n)| {
                 let name = dns_name(n);
                 if name.is_none() {
-                    self.err(&format!("dns.nameservers[{i}]"), format!("`{n}` is not a DNS name"));
+                    self.err(
+                        &format!("dns.nameservers[{i}]"),
+                        format!("`{n}` is not a DNS name"),
+                    );
                 }
                 name
             })
@@ -322,24 +331,38 @@ impl Compiler<'_, '_> {
             }
             let rname = match d.hostmaster.as_deref() {
                 Some(h) => dns_name(&h.replacen('@', ".", 1)).unwrap_or_else(|| {
-                    self.err("dns.hostmaster", format!("`{h}` is not a mailbox or DNS name"));
+                    self.err(
+                        "dns.hostmaster",
+                        format!("`{h}` is not a mailbox or DNS name"),
+                    );
                     Name::root()
                 }),
                 None => dns_name(&format!("hostmaster.{apex}")).unwrap_or_else(Name::root),
             };
             let mname = ns.first().cloned().unwrap_or_else(Name::root);
-            let soa = SOA::new(mname, rname, serial, refresh as i32, retry as i32, expire as i32, negative);
+            let soa = SOA::new(
+                mname,
+                rname,
+                serial,
+                refresh as i32,
+                retry as i32,
+                expire as i32,
+                negative,
+            );
             let rec = |ttl: u32, data: RData| Record::from_rdata(origin.clone(), ttl, data);
             zones.push(Zone {
                 soa: rec(soa_ttl, RData::SOA(soa.clone())),
                 soa_negative: rec(soa_ttl.min(negative), RData::SOA(soa)),
-                ns: ns.iter().map(|n| rec(soa_ttl, RData::NS(NS(n.clone())))).collect(),
+                ns: ns
+                    .iter()
+                    .map(|n| rec(soa_ttl, RData::NS(NS(n.clone()))))
+                    .collect(),
                 negative_ttl: negative,
                 apex,
                 origin,
             });
         }
-        zones.sort_by(|a, b| b.apex.len().cmp(&a.apex.len()));
+        zones.sort_by_key(|z| std::cmp::Reverse(z.apex.len()));
         zones
     }
 
@@ -359,13 +382,10 @@ impl Compiler<'_, '_> {
                     self.err(&p, format!("`{e}` is not an IP address (or address:port)"));
                     continue;
                 };
-                let check = check.and_then(|c| {
-                    let port = port.or(c.port);
-                    if port.is_none() {
-                        self.err(&p, "edge_check has no port: set [dns] edge_check.port or write the address as ip:port");
-                    }
-                    port.map(|port| SocketAddr::new(ip, port))
-                });
+                // Probed at its own port, else at edge_check.port; with neither, not probed.
+                let check = check
+                    .and_then(|c| port.or(c.port))
+                    .map(|port| SocketAddr::new(ip, port));
                 let key = BackendKey::new(&format!("dns-edge|{name}"), e);
                 edges.push(Endpoint {
                     ip,
@@ -395,18 +415,27 @@ impl Compiler<'_, '_> {
             let p = format!("dns.names[{i}]");
             let lower = n.name.trim_end_matches('.').to_ascii_lowercase();
             if dns_name(&lower).is_none() {
-                self.err(&format!("{p}.name"), format!("`{}` is not a DNS name", n.name));
+                self.err(
+                    &format!("{p}.name"),
+                    format!("`{}` is not a DNS name", n.name),
+                );
                 continue;
             }
             let Some(zone) = zones
                 .iter()
                 .position(|z| crate::dns::zone::in_zone(lower.as_bytes(), z.apex.as_bytes()))
             else {
-                self.err(&format!("{p}.name"), format!("`{lower}` is not inside any [[dns.zones]]"));
+                self.err(
+                    &format!("{p}.name"),
+                    format!("`{lower}` is not inside any [[dns.zones]]"),
+                );
                 continue;
             };
             if by_name.contains_key(lower.as_bytes()) {
-                self.err(&format!("{p}.name"), format!("`{lower}` is configured twice"));
+                self.err(
+                    &format!("{p}.name"),
+                    format!("`{lower}` is configured twice"),
+                );
                 continue;
             }
             let Some(kind) = self.name_kind(&p, n, table, regions) else {
@@ -451,7 +480,11 @@ impl Compiler<'_, '_> {
         table: &RoutingTable,
         regions: &[RegionEdges],
     ) -> Option<NameKind> {
-        let given = [n.route.is_some(), n.targets.is_some(), n.addresses.is_some()];
+        let given = [
+            n.route.is_some(),
+            n.targets.is_some(),
+            n.addresses.is_some(),
+        ];
         if given.iter().filter(|x| **x).count() != 1 {
             self.err(p, "a name needs exactly one of route, targets or addresses");
             return None;
@@ -459,19 +492,31 @@ impl Compiler<'_, '_> {
         if n.targets.is_none()
             && (n.check.is_some() || !n.overrides.is_empty() || n.default_regions.is_some())
         {
-            self.err(p, "check, overrides and default_regions apply to targets only");
+            self.err(
+                p,
+                "check, overrides and default_regions apply to targets only",
+            );
         }
         if let Some(r) = &n.route {
-            let (host, path) = r.split_once('/').map_or((r.as_str(), "/"), |(h, _)| (h, &r[h.len()..]));
+            let (host, path) = r
+                .split_once('/')
+                .map_or((r.as_str(), "/"), |(h, _)| (h, &r[h.len()..]));
             let Some(route) = table.match_route_idx(&host.to_ascii_lowercase(), path) else {
                 self.err(&format!("{p}.route"), format!("no route serves `{r}`"));
                 return None;
             };
             let svc = &table.routes[route].service;
-            if !svc.regions.iter().any(|sr| !regions[sr.region.0].edges.is_empty()) {
+            if !svc
+                .regions
+                .iter()
+                .any(|sr| !regions[sr.region.0].edges.is_empty())
+            {
                 self.err(
                     &format!("{p}.route"),
-                    format!("no region of service `{}` has edge addresses ([regions.NAME] edge)", svc.name),
+                    format!(
+                        "no region of service `{}` has edge addresses ([regions.NAME] edge)",
+                        svc.name
+                    ),
                 );
             }
             return Some(NameKind::Route { route });
@@ -481,7 +526,10 @@ impl Compiler<'_, '_> {
             for (i, a) in addrs.iter().enumerate() {
                 match a.parse::<IpAddr>() {
                     Ok(ip) => out.push(ip),
-                    Err(_) => self.err(&format!("{p}.addresses[{i}]"), format!("`{a}` is not an IP address")),
+                    Err(_) => self.err(
+                        &format!("{p}.addresses[{i}]"),
+                        format!("`{a}` is not an IP address"),
+                    ),
                 }
             }
             return Some(NameKind::Static { addrs: out.into() });
@@ -497,7 +545,10 @@ impl Compiler<'_, '_> {
         targets: &BTreeMap<String, Vec<String>>,
         table: &RoutingTable,
     ) -> Option<NameKind> {
-        let check = n.check.as_ref().map(|c| self.probe(&format!("{p}.check"), c, ProbeKindFile::Tcp));
+        let check = n
+            .check
+            .as_ref()
+            .map(|c| self.probe(&format!("{p}.check"), c, ProbeKindFile::Tcp));
         let port = n.check.as_ref().and_then(|c| c.port);
         let lower = n.name.trim_end_matches('.').to_ascii_lowercase();
         let mut out = Vec::new();
@@ -510,13 +561,19 @@ impl Compiler<'_, '_> {
             let mut eps = Vec::new();
             for (i, a) in addrs.iter().enumerate() {
                 let Some((ip, own)) = endpoint_addr(a) else {
-                    self.err(&format!("{tp}[{i}]"), format!("`{a}` is not an IP address (or address:port)"));
+                    self.err(
+                        &format!("{tp}[{i}]"),
+                        format!("`{a}` is not an IP address (or address:port)"),
+                    );
                     continue;
                 };
                 let probe = check.as_ref().and_then(|_| {
                     let port = own.or(port);
                     if port.is_none() {
-                        self.err(&format!("{tp}[{i}]"), "the check has no port: set check.port or write ip:port");
+                        self.err(
+                            &format!("{tp}[{i}]"),
+                            "the check has no port: set check.port or write ip:port",
+                        );
                     }
                     port.map(|port| SocketAddr::new(ip, port))
                 });
@@ -552,35 +609,7 @@ impl Compiler<'_, '_> {
         for (j, o) in n.overrides.iter().enumerate() {
             let op = format!("{p}.overrides[{j}]");
             let order = index(self, &format!("{op}.regions"), &o.regions);
-            let mut cidrs = Vec::new();
-            for (k, c) in o.cidrs.iter().enumerate() {
-                match parse_net(c) {
-                    Some(net) => cidrs.push(net),
-                    None => self.err(&format!("{op}.cidrs[{k}]"), format!("`{c}` is not a CIDR")),
-                }
-            }
-            let countries: Vec<[u8; 2]> = o
-                .countries
-                .iter()
-                .filter_map(|c| match c.as_bytes() {
-                    [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
-                        Some([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
-                    }
-                    _ => {
-                        self.err(&format!("{op}.countries"), format!("`{c}` is not an ISO 3166 alpha-2 code"));
-                        None
-                    }
-                })
-                .collect();
-            if order.is_empty() || (cidrs.is_empty() && countries.is_empty() && o.continents.is_empty()) {
-                self.err(&op, "an override needs regions and at least one of cidrs, countries or continents");
-            }
-            overrides.push(Override {
-                countries: countries.into(),
-                continents: o.continents.iter().map(|c| c.0).collect(),
-                cidrs: cidrs.into(),
-                order: order.into(),
-            });
+            overrides.push(self.dns_override(&op, o, order));
         }
         Some(NameKind::Targets {
             targets: out.into(),
@@ -588,5 +617,45 @@ impl Compiler<'_, '_> {
             default_order: default_order.into(),
             check,
         })
+    }
+
+    /// One of a name's `overrides`, `order` its regions as indices into the name's targets.
+    fn dns_override(&mut self, op: &str, o: &DnsOverrideFile, order: Vec<SrIdx>) -> Override {
+        let mut cidrs = Vec::new();
+        for (k, c) in o.cidrs.iter().enumerate() {
+            match parse_net(c) {
+                Some(net) => cidrs.push(net),
+                None => self.err(&format!("{op}.cidrs[{k}]"), format!("`{c}` is not a CIDR")),
+            }
+        }
+        let countries: Vec<[u8; 2]> = o
+            .countries
+            .iter()
+            .filter_map(|c| match c.as_bytes() {
+                [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                    Some([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
+                }
+                _ => {
+                    self.err(
+                        &format!("{op}.countries"),
+                        format!("`{c}` is not an ISO 3166 alpha-2 code"),
+                    );
+                    None
+                }
+            })
+            .collect();
+        if order.is_empty() || (cidrs.is_empty() && countries.is_empty() && o.continents.is_empty())
+        {
+            self.err(
+                op,
+                "an override needs regions and at least one of cidrs, countries or continents",
+            );
+        }
+        Override {
+            countries: countries.into(),
+            continents: o.continents.iter().map(|c| c.0).collect(),
+            cidrs: cidrs.into(),
+            order: order.into(),
+        }
     }
 }

@@ -25,6 +25,11 @@ pub struct PassivePolicy {
     pub max_ejection_ms: u64,
     /// At most this share (percent) of a region's backends ejected at once.
     pub max_ejection_percent: u32,
+    /// Latency outliers: a backend whose latency estimate stays above this multiple of its
+    /// region's median for `latency_window_ms` is ejected; 0 disables.
+    pub latency_factor: f64,
+    /// How long a backend must stay a latency outlier before it is ejected (ms).
+    pub latency_window_ms: u64,
 }
 
 /// Live health of one backend.
@@ -47,6 +52,8 @@ pub struct BackendHealth {
     /// bits) in the high half, the estimate in microseconds (`f32` bits) in the low half, so
     /// one compare-and-swap updates both.
     latency: AtomicU64,
+    /// `now_ms()` since which the backend has been a latency outlier; 0 = it is not.
+    slow_since_ms: AtomicU64,
     /// State changes, for operators.
     pub transitions: AtomicU64,
     /// The backend's database role and lag, from its health answers.
@@ -66,6 +73,7 @@ impl BackendHealth {
             ejections: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
             latency: AtomicU64::new(0),
+            slow_since_ms: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
             db: db::DbReport::default(),
         }
@@ -187,6 +195,45 @@ impl BackendHealth {
         if n < p.consecutive_failures || self.is_ejected(now) || !may_eject {
             return false;
         }
+        self.eject(p, now);
+        true
+    }
+
+    /// Track latency outliers: `slow` says whether the backend's estimate is an outlier now.
+    /// Returns true when it has been one for `window_ms` (then the tracking starts over).
+    pub fn observe_latency_outlier(&self, slow: bool, now: u64, window_ms: u64) -> bool {
+        let since = self.slow_since_ms.load(Relaxed);
+        if !slow {
+            if since != 0 {
+                self.slow_since_ms.store(0, Relaxed);
+            }
+            return false;
+        }
+        if since == 0 {
+            let _ = self
+                .slow_since_ms
+                .compare_exchange(0, now.max(1), Relaxed, Relaxed);
+            return window_ms == 0;
+        }
+        if now.saturating_sub(since) < window_ms {
+            return false;
+        }
+        self.slow_since_ms.store(0, Relaxed);
+        true
+    }
+
+    /// Eject a latency outlier (unless already ejected or `may_eject` is false); the ejection
+    /// time grows with repeats as for failures. Returns true when this call ejected it.
+    pub fn eject_latency_outlier(&self, p: &PassivePolicy, may_eject: bool) -> bool {
+        let now = now_ms();
+        if !may_eject || self.is_ejected(now) {
+            return false;
+        }
+        self.eject(p, now);
+        true
+    }
+
+    fn eject(&self, p: &PassivePolicy, now: u64) {
         // Forget earlier ejections once the backend has behaved for a whole max_ejection.
         let until = self.ejected_until_ms.load(Relaxed);
         if until != 0 && now > until.saturating_add(p.max_ejection_ms) {
@@ -200,7 +247,6 @@ impl BackendHealth {
         self.ejected_until_ms.store(now + dur, Relaxed);
         self.passive_failures.store(0, Relaxed);
         self.transitions.fetch_add(1, Relaxed);
-        true
     }
 }
 
@@ -275,6 +321,8 @@ mod tests {
         base_ejection_ms: 1000,
         max_ejection_ms: 5000,
         max_ejection_percent: 50,
+        latency_factor: 0.0,
+        latency_window_ms: 0,
     };
 
     #[test]
@@ -338,6 +386,27 @@ mod tests {
         assert!((later - want / std::f64::consts::E).abs() < 1.0, "{later}");
         // A slightly earlier clock read (another thread) counts as no time.
         assert!((h.latency_estimate(t + 1_090, 10_000) - want).abs() < 1.0);
+    }
+
+    #[test]
+    fn a_latency_outlier_is_reported_after_its_window() {
+        let h = BackendHealth::new(true);
+        let t = 3_600_000;
+        assert!(!h.observe_latency_outlier(true, t, 1_000));
+        assert!(!h.observe_latency_outlier(true, t + 999, 1_000));
+        // One fast estimate in between starts the window over.
+        assert!(!h.observe_latency_outlier(false, t + 1_000, 1_000));
+        assert!(!h.observe_latency_outlier(true, t + 1_100, 1_000));
+        assert!(!h.observe_latency_outlier(true, t + 2_000, 1_000));
+        assert!(h.observe_latency_outlier(true, t + 2_100, 1_000));
+        assert!(h.eject_latency_outlier(&P, true));
+        assert!(!h.is_available(now_ms()));
+        assert!(!h.eject_latency_outlier(&P, true), "already ejected");
+        let g = BackendHealth::new(true);
+        assert!(
+            !g.eject_latency_outlier(&P, false),
+            "the region cap forbids it"
+        );
     }
 
     #[test]

@@ -86,6 +86,71 @@ async fn a_slow_backend_loses_its_traffic_and_wins_it_back() {
     slow_backend_share("peak_ewma").await;
 }
 
+/// Latency-outlier ejection (`passive.latency_factor`) takes a slow backend out of a policy that
+/// does not avoid it by itself (round robin), through the passive ejection path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latency_outlier_is_ejected_when_enabled() {
+    let fast1 = TestBackend::spawn("fast-1", "eu-central").await;
+    let fast2 = TestBackend::spawn("fast-2", "eu-central").await;
+    let slow = TestBackend::spawn("slow", "eu-central").await;
+    for b in [&fast1, &fast2] {
+        b.delay_ms.store(5, Ordering::Relaxed);
+    }
+    slow.delay_ms.store(200, Ordering::Relaxed);
+    let extra = format!(
+        "lb = \"round_robin\"\n{HEALTH}\n\
+         passive = {{ latency_factor = 5, latency_window = \"1s\", base_ejection = \"60s\" }}"
+    );
+    let cfg =
+        service_toml("app", &[&fast1, &fast2, &slow], &extra) + "[[routes]]\nservice = \"app\"\n";
+    let g = Geolb::start(&cfg).await;
+    let load = start_rate_load(&g, 100, "/", 0);
+    let health = {
+        let snap = g.shared().edge.snapshot.load_full();
+        let svc = &snap.table.services[0];
+        let b = svc
+            .backends
+            .iter()
+            .find(|b| *b.name == *slow.addr.to_string());
+        b.expect("the slow backend").health.clone()
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !health.is_ejected(geolb::time::now_ms()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow backend was never ejected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(health.is_up(), "its health checks stay green");
+    // Ejected for 60 s: once the requests picked before the ejection are in (50 requests
+    // later), the next 300 all go to the fast backends.
+    let fast = fast1.hits() + fast2.hits();
+    eventually("50 more requests", || {
+        fast1.hits() + fast2.hits() >= fast + 50
+    })
+    .await;
+    let before = slow.hits();
+    let fast = fast1.hits() + fast2.hits();
+    eventually("300 more requests", || {
+        fast1.hits() + fast2.hits() >= fast + 300
+    })
+    .await;
+    assert_eq!(slow.hits(), before, "the ejected backend got requests");
+    let (_, text) = admin_get(&g, "/status").await;
+    assert!(
+        text.contains("latency outlier"),
+        "an event says why: {text}"
+    );
+    let stats = load.finish().await;
+    assert_eq!(
+        RateStats::get(&stats.get_failed),
+        0,
+        "{:?}",
+        stats.failures.lock().unwrap()
+    );
+}
+
 /// For comparison (`cargo test --test peak_ewma -- --ignored --nocapture`): least_request in
 /// the same setup keeps sending the slow backend a steady share (about 6 % here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

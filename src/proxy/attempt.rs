@@ -10,6 +10,7 @@ use http::uri::Uri;
 use http::{Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
+use crate::health::BackendHealth;
 use crate::observe::access_log::{Attempt, LogRecord};
 use crate::observe::events::EventLog;
 use crate::proxy::body::{InflightGuard, RespBody};
@@ -152,7 +153,8 @@ async fn one(cx: AttemptCtx<'_>, log: &mut LogRecord) -> Step {
     // The backend's response clock starts once the request body is fully sent: a slow
     // upload is the client's business (see timeouts.request_body), not the backend's. The
     // latency that `lb = "peak_ewma"` balances on is measured from the same moment.
-    let start = (svc.lb == LbPolicy::PeakEwma).then(Instant::now);
+    let start =
+        (svc.lb == LbPolicy::PeakEwma || svc.passive.latency_factor > 0.0).then(Instant::now);
     let body_done = OnceLock::new();
     let body_sent = async {
         if let Some(slot) = cx.req.plan.slot() {
@@ -185,9 +187,48 @@ fn record_latency<T>(cx: &AttemptCtx<'_>, sent: &Result<T, UpstreamFailure>, sin
     if matches!(sent, Ok(_) | Err(UpstreamFailure::RESPONSE_TIMEOUT)) {
         let svc = &*cx.route.service;
         let us = since.elapsed().as_secs_f64() * 1e6;
+        let now = now_ms();
         cx.backend()
             .health
-            .observe_latency(us, now_ms(), svc.ewma_decay_ms);
+            .observe_latency(us, now, svc.ewma_decay_ms);
+        if svc.passive.latency_factor > 0.0 {
+            latency_outlier(svc, cx.pick.backend, now, &cx.edge.events);
+        }
+    }
+}
+
+/// Most backends of a region the latency-outlier median looks at.
+const MEDIAN_OF: usize = 64;
+
+/// Eject `b` through the passive path (region cap included) once its latency estimate has
+/// stayed above `passive.latency_factor` × the median of its region's available backends for
+/// `passive.latency_window`. Needs three measured backends; allocation-free.
+fn latency_outlier(svc: &Service, b: BackendIdx, now: u64, events: &EventLog) {
+    let backend = &svc.backends[b];
+    let decay = svc.ewma_decay_ms;
+    let mut est = [0.0f64; MEDIAN_OF];
+    let mut n = 0;
+    for &i in svc.regions[backend.region].backends.iter() {
+        let h = &svc.backends[i].health;
+        let e = h.latency_estimate(now, decay);
+        if n < MEDIAN_OF && e > 0.0 && h.is_available(now) {
+            est[n] = e;
+            n += 1;
+        }
+    }
+    if n < 3 {
+        return;
+    }
+    let (_, &mut median, _) = est[..n].select_nth_unstable_by(n / 2, f64::total_cmp);
+    let mine = backend.health.latency_estimate(now, decay);
+    let slow = mine > svc.passive.latency_factor * median;
+    if backend
+        .health
+        .observe_latency_outlier(slow, now, svc.passive.latency_window_ms)
+    {
+        eject_capped(svc, b, events, "latency outlier", |h, may| {
+            h.eject_latency_outlier(&svc.passive, may)
+        });
     }
 }
 
@@ -290,6 +331,20 @@ fn failed(cx: &AttemptCtx<'_>, f: UpstreamFailure, log: &mut LogRecord) -> Step 
 
 /// Record a passive failure, respecting the region's ejection cap.
 fn passive_failure(svc: &Service, b: BackendIdx, events: &EventLog) {
+    eject_capped(svc, b, events, "passive detection", |h, may| {
+        h.observe_failure(&svc.passive, may)
+    });
+}
+
+/// Run `eject` (given whether the region's ejection cap allows one more) under the region's
+/// ejection lock; log and record an event when it ejected the backend.
+fn eject_capped(
+    svc: &Service,
+    b: BackendIdx,
+    events: &EventLog,
+    why: &str,
+    eject: impl FnOnce(&BackendHealth, bool) -> bool,
+) {
     let backend = &svc.backends[b];
     let region = &svc.regions[backend.region];
     let _serial = region.eject_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -308,10 +363,10 @@ fn passive_failure(svc: &Service, b: BackendIdx, events: &EventLog) {
     } else {
         (region.backends.len() * pct / 100).max(1)
     };
-    if backend.health.observe_failure(&svc.passive, ejected < cap) {
-        tracing::warn!(service = %svc.name, backend = %backend.name, "backend ejected by passive detection");
+    if eject(&backend.health, ejected < cap) {
+        tracing::warn!(service = %svc.name, backend = %backend.name, "backend ejected ({why})");
         events.push(format!(
-            "service {}: backend {} ejected (passive detection)",
+            "service {}: backend {} ejected ({why})",
             svc.name, backend.name
         ));
     }

@@ -264,6 +264,11 @@ pub(crate) struct PassiveFile {
     pub max_ejection: Option<String>,
     /// Percentage of a region's backends passive detection may eject at once.
     pub max_ejection_percent: Option<u32>,
+    /// Eject a backend whose latency estimate stays above this multiple of its region's
+    /// median (0 = off).
+    pub latency_factor: Option<f64>,
+    /// How long it must stay above before it is ejected.
+    pub latency_window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

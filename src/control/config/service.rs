@@ -377,7 +377,27 @@ impl Compiler<'_, '_> {
                 )
                 .as_millis() as u64,
             max_ejection_percent: pv.max_ejection_percent.unwrap_or(50),
+            latency_factor: self.latency_factor(p, pv),
+            latency_window_ms: self
+                .duration(
+                    &format!("{p}.passive.latency_window"),
+                    &pv.latency_window,
+                    Duration::from_secs(10),
+                )
+                .as_millis() as u64,
         }
+    }
+
+    /// `passive.latency_factor`: 0 (off, the default) or 2..=1000.
+    fn latency_factor(&mut self, p: &str, pv: &PassiveFile) -> f64 {
+        let k = pv.latency_factor.unwrap_or(0.0);
+        if k != 0.0 && !(2.0..=1000.0).contains(&k) {
+            self.err(
+                &format!("{p}.passive.latency_factor"),
+                "must be 0 (off) or between 2 and 1000 (times the region's median latency)",
+            );
+        }
+        k
     }
 
     fn spill(&mut self, p: &str, sp: &SpilloverFile) -> SpillPolicy {

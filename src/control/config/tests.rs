@@ -593,6 +593,16 @@ const CASES: &[(&str, &str, &str)] = &[
         "set only `min_retries_per_sec` (`min_retries` is its deprecated name)",
     ),
     (
+        "{s}[services.s.passive]\nlatency_factor = 1.5",
+        "services.s.passive.latency_factor",
+        "must be 0 (off) or between 2 and 1000 (times the region's median latency)",
+    ),
+    (
+        "{s}[services.s.passive]\nlatency_factor = 5\nlatency_window = \"a while\"",
+        "services.s.passive.latency_window",
+        "`a while` is not a duration",
+    ),
+    (
         "{s}[services.s.retry]\nmin_retries_per_second = 3",
         "services.s.retry.min_retries_per_second",
         "unknown field `min_retries_per_second`",
@@ -1129,6 +1139,11 @@ fn retry_budget_and_peak_ewma_settings() {
     assert_eq!(svc.retry_budget.balance(crate::time::now_ms()), 100);
     assert_eq!(svc.lb, crate::route::LbPolicy::LeastRequest);
     assert_eq!(svc.ewma_decay_ms, 10_000);
+    assert_eq!(
+        svc.passive.latency_factor, 0.0,
+        "latency ejection is off by default"
+    );
+    assert_eq!(svc.passive.latency_window_ms, 10_000);
     // Every key set.
     let c = compile(&svc_with(
         "lb = \"peak_ewma\"\newma_decay = \"3s\"\n\
@@ -1142,6 +1157,13 @@ fn retry_budget_and_peak_ewma_settings() {
     assert_eq!(svc.retry_budget.balance(crate::time::now_ms()), 10);
     assert_eq!(svc.lb, crate::route::LbPolicy::PeakEwma);
     assert_eq!(svc.ewma_decay_ms, 3_000);
+    let c = compile(&svc_with(
+        "passive = { latency_factor = 4, latency_window = \"2s\" }",
+    ))
+    .unwrap();
+    let svc = app(&c);
+    assert_eq!(svc.passive.latency_factor, 4.0);
+    assert_eq!(svc.passive.latency_window_ms, 2_000);
     // The deprecated `min_retries` still loads, read as retries per second.
     let c = compile(&svc_with("retry = { min_retries = 4 }")).unwrap();
     assert_eq!(app(&c).retry.min_retries_per_sec, 4);

@@ -100,15 +100,29 @@ until it has caught up (a signed cookie), then return to the nearest region:
   curl -X POST http://{CONTROL}/lag/60                 # a replica 60 s behind: reads skip it (max_read_lag 30s)
   http://{admin}/explain?ip=133.1.1.1&host=localhost&method=POST   # why
 
-Take a region down and watch its clients spill to the other one, then bring it back:
+GeoDNS answers shop.geolb.test on {dnsline}, from the same regions and health:
+
+  dig @127.0.0.1 -p {dp} shop.geolb.test +subnet=81.2.69.0/24    # Europe -> 127.0.0.1 (eu-central's edge)
+  dig @127.0.0.1 -p {dp} shop.geolb.test +subnet=133.1.1.0/24    # Japan  -> 127.0.0.2 (ap-southeast's edge)
+  dig @127.0.0.1 -p {dp} +tcp geolb.test SOA                     # the zone: SOA, NS; NXDOMAIN below it
+  http://{admin}/explain?dns=shop.geolb.test&ip=127.0.0.1&subnet=133.1.1.0/24   # why
+
+Take a region down and watch its clients spill to the other one (HTTP and DNS), then bring it back:
 
   curl -X POST http://{CONTROL}/regions/eu-central/down
   curl --cacert certs-dev/ca.pem https://localhost:{hp}/ -H 'X-Forwarded-For: 81.2.69.142'   # now ap-southeast
+  dig @127.0.0.1 -p {dp} shop.geolb.test +subnet=81.2.69.0/24 +short                       # now 127.0.0.2
   curl -X POST http://{CONTROL}/regions/eu-central/up      # back after the fail-back delay (5s in the demo)
 
 Ctrl-C stops everything.
 "#,
         hp = https.port(),
+        dp = running.dns_udp.map_or(5353, |a| a.port()),
+        dnsline = running
+            .dns_udp
+            .map_or("(no [dns] in demo.toml)".to_string(), |a| format!(
+                "udp and tcp {a}"
+            )),
         httpline = http.map_or("(none)".to_string(), |a| format!(
             "http://localhost:{}/",
             a.port()

@@ -807,6 +807,55 @@ async fn the_zone_reloads_with_routes_toml() {
     f.g.shutdown().await;
 }
 
+#[test]
+fn a_degraded_region_keeps_its_spillover_share_of_answers() {
+    use geolb::dns::wire::{Scratch, Transport, handle};
+    // Two backends in eu-central; one fails its check: with overprovisioning 1.4 the region keeps
+    // 0.5 × 1.4 = 70 % of Frankfurt's answers, the next region (ap-northeast) takes 30 %.
+    let (_dir, view) = fuzz::view_with(|t| {
+        t.replace(
+            "{ region = \"eu-central\", address = \"127.0.0.1:9\" },",
+            "{ region = \"eu-central\", address = \"127.0.0.1:9\" },\n  { region = \"eu-central\", address = \"127.0.0.1:12\" },",
+        )
+        .replace("[services.shop]\n", "[services.shop]\nspillover = { overprovisioning = 1.4 }\n")
+    });
+    let svc = &view.snap.table.routes[0].service;
+    let down = svc
+        .backends
+        .iter()
+        .find(|b| &*b.name == "127.0.0.1:9")
+        .unwrap();
+    down.health.observe_check(false, 1, 1);
+    let q = query(
+        "shop.example.com",
+        RecordType::A,
+        Some(("192.0.2.0", 24)),
+        true,
+    );
+    let mut s = Scratch::default();
+    let (mut eu, mut ap) = (0, 0);
+    for _ in 0..1000 {
+        assert!(handle(
+            &view,
+            &q,
+            "127.0.0.1".parse().unwrap(),
+            Transport::Udp,
+            1_000,
+            &mut s
+        ));
+        match addrs(&Message::from_vec(&s.out).unwrap())[..] {
+            [ip] if ip == v4(EU_EDGE) => eu += 1,
+            [ip] if ip == v4(AP_EDGE) => ap += 1,
+            ref other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    // The golden-ratio sequence meets the shares within a few answers.
+    assert!(
+        (695..=705).contains(&eu) && eu + ap == 1000,
+        "eu {eu}, ap {ap}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Property test: the packet input path, in process.
 
@@ -815,7 +864,14 @@ mod fuzz {
     use geolb::dns::wire::{Scratch, Transport, handle};
     use proptest::prelude::*;
 
-    fn view() -> (tempfile::TempDir, geolb::dns::DnsView) {
+    pub(super) fn view() -> (tempfile::TempDir, geolb::dns::DnsView) {
+        view_with(|t| t)
+    }
+
+    /// The fixture's configuration, edited by `edit`, compiled into a view (no listeners).
+    pub(super) fn view_with(
+        edit: impl FnOnce(String) -> String,
+    ) -> (tempfile::TempDir, geolb::dns::DnsView) {
         let (dir, _certs) = prepare();
         let fake = |ip: &str| Readyz {
             addr: format!("{ip}:9").parse().unwrap(),
@@ -833,6 +889,7 @@ mod fuzz {
             ),
             "",
         );
+        let text = edit(text);
         let health = geolb::health::HealthRegistry::default();
         let pool = geolb::UpstreamPool::default();
         let ctx = geolb::config::CompileCtx {

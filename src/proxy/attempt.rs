@@ -58,8 +58,12 @@ pub(crate) async fn run(
     let svc = &*route.service;
     let mut tried = [BackendIdx(usize::MAX); MAX_ATTEMPTS];
     let mut last_err = ProxyError::NoHealthyBackend;
-    // Every request earns the retry budget its share; every retry spends from it.
+    // Every request earns the retry budget its share; every retry spends from it — except a
+    // retry after a failure where nothing reached a backend (connect refused or timed out):
+    // it adds no load anywhere, and a dead region must not turn into client errors while the
+    // health checks catch up. Such retries are still bounded by `retry.attempts`.
     svc.retry_budget.deposit(now_ms());
+    let mut free_retry = false;
     for attempt in 0..svc.retry.attempts {
         let pick = match select::pick(svc, &client.order, now_ms(), client.hash, &tried[..attempt])
         {
@@ -70,7 +74,7 @@ pub(crate) async fn run(
             Err(_) => break,
         };
         if attempt > 0 {
-            if !svc.retry_budget.try_withdraw(now_ms()) {
+            if !free_retry && !svc.retry_budget.try_withdraw(now_ms()) {
                 svc.retry_budget_exhausted.increment(1);
                 last_err = ProxyError::RetryBudget;
                 break;
@@ -90,7 +94,13 @@ pub(crate) async fn run(
         };
         match one(ctx, log).await {
             Step::Done(o) => return o,
-            Step::Retry(e) => last_err = e,
+            Step::Retry(e) => {
+                free_retry = matches!(
+                    e,
+                    ProxyError::UpstreamConnect | ProxyError::UpstreamConnectTimeout
+                );
+                last_err = e;
+            }
             Step::Stop(e) => return Outcome::Failed(e),
             Step::GiveUp => break,
         }

@@ -24,7 +24,9 @@ async fn two_routes(extra: &str) -> (Geolb, TestBackend, TestBackend) {
 
 /// Send raw bytes on the plain listener; return the whole answer.
 async fn raw(g: &Geolb, bytes: &[u8]) -> String {
-    let mut s = tokio::net::TcpStream::connect(g.http.unwrap()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(g.http.unwrap())
+        .await
+        .unwrap();
     s.write_all(bytes).await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
@@ -53,20 +55,30 @@ async fn paths_are_normalised_before_routing_and_forwarding() {
     for (path, backend, seen) in cases {
         let resp = raw(
             &g,
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await;
         assert!(resp.starts_with("HTTP/1.1 200"), "{path}: {resp}");
         let v = body_of(&resp);
-        assert_eq!(v["backend"], backend, "{path} was routed by its normal form");
+        assert_eq!(
+            v["backend"], backend,
+            "{path} was routed by its normal form"
+        );
         assert_eq!(v["uri"].as_str().unwrap_or(""), seen, "{path}");
     }
     // Climbing above the root, malformed escapes: 400, nothing forwarded.
     let before = files.hits() + app.hits();
-    for path in ["/../../etc/passwd", "/static/../../x", "/a%zz", "/%2e%2e/secret"] {
+    for path in [
+        "/../../etc/passwd",
+        "/static/../../x",
+        "/a%zz",
+        "/%2e%2e/secret",
+    ] {
         let resp = raw(
             &g,
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await;
         assert!(resp.starts_with("HTTP/1.1 400"), "{path}: {resp}");
@@ -149,7 +161,9 @@ async fn identity_headers_from_an_untrusted_peer_never_reach_the_backend() {
     assert!(h.get("x-real-ip").is_none(), "{v}");
     assert_eq!(
         h["forwarded"],
-        serde_json::json!([format!("for=127.0.0.1;proto=https;host=\"localhost:{port}\"")]),
+        serde_json::json!([format!(
+            "for=127.0.0.1;proto=https;host=\"localhost:{port}\""
+        )]),
         "only geolb's own Forwarded element: {v}"
     );
     g.shutdown().await;
@@ -171,7 +185,11 @@ async fn a_trusted_proxys_forwarding_headers_are_kept_and_extended() {
         "{v}"
     );
     assert_eq!(h["x-forwarded-proto"], serde_json::json!(["gopher"]), "{v}");
-    assert_eq!(h["x-forwarded-host"], serde_json::json!(["evil.example"]), "{v}");
+    assert_eq!(
+        h["x-forwarded-host"],
+        serde_json::json!(["evil.example"]),
+        "{v}"
+    );
     assert_eq!(h["x-real-ip"], serde_json::json!(["6.6.6.6"]), "{v}");
     g.shutdown().await;
 }
@@ -238,7 +256,9 @@ async fn a_body_trickled_below_the_minimum_rate_is_cut_with_408() {
         service_toml("app", &[&b], "")
     );
     let mut g = Geolb::start(&cfg).await;
-    let s = tokio::net::TcpStream::connect(g.http.unwrap()).await.unwrap();
+    let s = tokio::net::TcpStream::connect(g.http.unwrap())
+        .await
+        .unwrap();
     let (mut rd, mut wr) = s.into_split();
     wr.write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n")
         .await
@@ -272,9 +292,16 @@ async fn a_body_trickled_below_the_minimum_rate_is_cut_with_408() {
     );
     // The backend is not blamed; the cut is counted by reason.
     let snap = g.shared().edge.snapshot.load();
-    assert!(snap.table.services[0].backends[0].health.is_available(geolb::time::now_ms()));
+    assert!(
+        snap.table.services[0].backends[0]
+            .health
+            .is_available(geolb::time::now_ms())
+    );
     let (_, m) = admin_get(&g, "/metrics").await;
-    assert!(metric(&m, "geolb_client_body_cut_total{reason=\"rate\"}") >= 1.0, "{m}");
+    assert!(
+        metric(&m, "geolb_client_body_cut_total{reason=\"rate\"}") >= 1.0,
+        "{m}"
+    );
     // A body at a healthy rate still goes through.
     let resp = raw(
         &g,
@@ -316,6 +343,9 @@ async fn an_h2_body_trickled_below_the_minimum_rate_is_cut_with_408() {
     trickle.abort();
     assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
     let (_, m) = admin_get(&g, "/metrics").await;
-    assert!(metric(&m, "geolb_client_body_cut_total{reason=\"rate\"}") >= 1.0, "{m}");
+    assert!(
+        metric(&m, "geolb_client_body_cut_total{reason=\"rate\"}") >= 1.0,
+        "{m}"
+    );
     g.shutdown().await;
 }

@@ -216,7 +216,8 @@ impl PathMetrics {
             rejected: ["above_root", "bad_escape", "backslash"]
                 .map(|r| counter!(PATHS_REJECTED_TOTAL, "reason" => r)),
             loops: counter!(LOOPS_DETECTED_TOTAL),
-            body_cut: ["idle", "rate", "total"].map(|r| counter!(CLIENT_BODY_CUT_TOTAL, "reason" => r)),
+            body_cut: ["idle", "rate", "total"]
+                .map(|r| counter!(CLIENT_BODY_CUT_TOTAL, "reason" => r)),
         }
     }
 }

@@ -178,7 +178,12 @@ pub(crate) fn strip_untrusted_forwarding(h: &mut HeaderMap, extra: Option<&Heade
 
 /// Append an RFC 7239 `Forwarded` element for this hop: `for` the peer geolb received the
 /// request from, `proto` and `host` as the client asked. (Opt-in; formats per request.)
-pub(crate) fn append_forwarded(h: &mut HeaderMap, peer: IpAddr, tls: bool, host: Option<&HeaderValue>) {
+pub(crate) fn append_forwarded(
+    h: &mut HeaderMap,
+    peer: IpAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+) {
     use std::fmt::Write as _;
     let mut v = String::with_capacity(96);
     let _ = match peer {
@@ -187,7 +192,10 @@ pub(crate) fn append_forwarded(h: &mut HeaderMap, peer: IpAddr, tls: bool, host:
     };
     v.push_str(if tls { ";proto=https" } else { ";proto=http" });
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-        if host.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
             let _ = write!(v, ";host=\"{host}\"");
         }
     }
@@ -227,10 +235,18 @@ mod tests {
     #[test]
     fn via_loops_and_forwarded_elements() {
         let mut h = HeaderMap::new();
-        h.append(header::VIA, HeaderValue::from_static("1.1 cdn, 1.1 edge-eu (geolb)"));
+        h.append(
+            header::VIA,
+            HeaderValue::from_static("1.1 cdn, 1.1 edge-eu (geolb)"),
+        );
         assert!(via_contains(&h, "EDGE-eu"));
         assert!(!via_contains(&h, "geolb"), "a comment is not a pseudonym");
-        append_forwarded(&mut h, "2001:db8::1".parse().unwrap(), true, Some(&HeaderValue::from_static("a.test:8443")));
+        append_forwarded(
+            &mut h,
+            "2001:db8::1".parse().unwrap(),
+            true,
+            Some(&HeaderValue::from_static("a.test:8443")),
+        );
         append_forwarded(&mut h, "192.0.2.1".parse().unwrap(), false, None);
         assert_eq!(
             h[&FORWARDED],

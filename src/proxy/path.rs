@@ -87,7 +87,9 @@ fn is_normal(p: &[u8]) -> Result<bool, PathError> {
             b'%' => {
                 let (h, l) = hex_pair(p, i)?;
                 let v = (h << 4) | l;
-                if is_unreserved(v) || p[i + 1].is_ascii_lowercase() || p[i + 2].is_ascii_lowercase()
+                if is_unreserved(v)
+                    || p[i + 1].is_ascii_lowercase()
+                    || p[i + 2].is_ascii_lowercase()
                 {
                     return Ok(false);
                 }
@@ -240,7 +242,13 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(n(input).as_deref(), Ok(want), "{input}");
         }
-        for bad in ["/../../etc/passwd", "/..", "/a/../..", "/%2e%2e/x", "/a/%2E%2E/%2e%2e"] {
+        for bad in [
+            "/../../etc/passwd",
+            "/..",
+            "/a/../..",
+            "/%2e%2e/x",
+            "/a/%2E%2E/%2e%2e",
+        ] {
             assert_eq!(n(bad), Err(PathError::AboveRoot), "{bad}");
         }
         assert_eq!(n("/a%zz"), Err(PathError::BadEscape));

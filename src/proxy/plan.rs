@@ -11,6 +11,7 @@ use http::{Method, Request, Version};
 use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 
+use crate::observe::metrics::PathMetrics;
 use crate::proxy::ConnInfo;
 use crate::proxy::error::ProxyError;
 use crate::proxy::headers::{
@@ -19,7 +20,6 @@ use crate::proxy::headers::{
 use crate::proxy::target::Target;
 use crate::route::client_ip::IpHeader;
 use crate::route::{Service, Settings};
-use crate::observe::metrics::PathMetrics;
 use crate::upstream::body::{BodyLimits, BodySlot, Cut, ReqBody, buffer_small};
 
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
@@ -170,8 +170,7 @@ pub(crate) fn rewrite_headers(
     }
     // A body of unknown length must be sent chunked; hyper would otherwise send GET/HEAD
     // bodies as empty. (Only for HTTP/1.1 backends; h2 frames bodies itself.)
-    if matches!(req.plan, BodyPlan::Stream(_)) && req.content_length.is_none() && !req.h2_backend
-    {
+    if matches!(req.plan, BodyPlan::Stream(_)) && req.content_length.is_none() && !req.h2_backend {
         h.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),

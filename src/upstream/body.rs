@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -205,7 +205,12 @@ impl StreamBody {
             if self.slot.started.swap(true, Ordering::AcqRel) {
                 return Poll::Ready(Some(Err(Box::new(AlreadyClaimed))));
             }
-            self.inner = self.slot.body.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.inner = self
+                .slot
+                .body
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             let now = Instant::now();
             self.started = Some(now);
             self.last_frame = now;

@@ -17,8 +17,7 @@ use ipnet::IpNet;
 use super::diag::{ConfigError, ConfigErrors, Locator};
 use super::file::{
     ClientIpFile, HeadersFile, IpHeaderFile, LimitsFile, ListenersFile, MetricsFile, OverrideFile,
-    RegionFile,
-    RouteFile, RoutesFile, TimeoutsFile, TlsFile,
+    RegionFile, RouteFile, RoutesFile, TimeoutsFile, TlsFile,
 };
 use super::values::parse_duration;
 use crate::geo::GeoDb;
@@ -537,7 +536,9 @@ impl Compiler<'_, '_> {
         if !token {
             self.err(
                 "headers.via",
-                format!("`{via}` is not a Via pseudonym (a token: letters, digits, -._~ …, at most 64)"),
+                format!(
+                    "`{via}` is not a Via pseudonym (a token: letters, digits, -._~ …, at most 64)"
+                ),
             );
         }
         Hygiene::new(h.normalize_path.unwrap_or(true), h.forwarded, via)

@@ -365,7 +365,9 @@ fn read_small(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     let mut v = Vec::new();
     std::fs::File::open(path)?.take(4097).read_to_end(&mut v)?;
     if v.len() > 4096 {
-        return Err(std::io::Error::other("larger than 4 KiB; a key is 32–64 bytes"));
+        return Err(std::io::Error::other(
+            "larger than 4 KiB; a key is 32–64 bytes",
+        ));
     }
     Ok(v)
 }

@@ -5,8 +5,8 @@ pub mod compile;
 mod data;
 mod databases;
 pub mod diag;
-mod dns;
 pub mod diff;
+mod dns;
 pub(crate) mod file;
 mod service;
 #[cfg(test)]

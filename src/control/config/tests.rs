@@ -126,7 +126,11 @@ const CASES: &[(&str, &str, &str)] = &[
         "headers.via",
         "is not a Via pseudonym",
     ),
-    ("[headers]\nvia = \"\"", "headers.via", "is not a Via pseudonym"),
+    (
+        "[headers]\nvia = \"\"",
+        "headers.via",
+        "is not a Via pseudonym",
+    ),
     (
         "[headers]\nnormalize_path = \"yes\"",
         "headers.normalize_path",

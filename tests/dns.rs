@@ -856,6 +856,44 @@ fn a_degraded_region_keeps_its_spillover_share_of_answers() {
     );
 }
 
+#[test]
+fn answers_2_adds_the_next_region_and_servfail_when_nothing_can_serve() {
+    use geolb::dns::wire::{Scratch, Transport, handle};
+    let (_dir, view) =
+        fuzz::view_with(|t| t.replace("[dns]\n", "[dns]\nanswers = 2\nwhen_down = \"servfail\"\n"));
+    let q = query(
+        "shop.example.com",
+        RecordType::A,
+        Some(("192.0.2.0", 24)),
+        true,
+    );
+    let mut s = Scratch::default();
+    let ask = |s: &mut Scratch| {
+        assert!(handle(
+            &view,
+            &q,
+            "127.0.0.1".parse().unwrap(),
+            Transport::Udp,
+            1_000,
+            s
+        ));
+        Message::from_vec(&s.out).unwrap()
+    };
+    // Frankfurt: eu-central first, then the next nearest, ap-northeast.
+    assert_eq!(addrs(&ask(&mut s)), vec![v4(EU_EDGE), v4(AP_EDGE)]);
+    // eu-central's backend down: ap-northeast, then sa-east.
+    let svc = &view.snap.table.routes[0].service;
+    svc.backends[0].health.observe_check(false, 1, 1);
+    assert_eq!(addrs(&ask(&mut s)), vec![v4(AP_EDGE), v4(SA_EDGE)]);
+    // Nothing healthy and when_down = "servfail": SERVFAIL, not authoritative.
+    for b in svc.backends.iter() {
+        b.health.observe_check(false, 1, 1);
+    }
+    let m = ask(&mut s);
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert!(!m.metadata.authoritative && m.answers.is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Property test: the packet input path, in process.
 

@@ -27,6 +27,9 @@
 
 pub(crate) mod control;
 pub mod dns;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod geo;
 pub mod health;
 pub(crate) mod net;

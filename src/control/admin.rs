@@ -8,8 +8,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics::SharedString;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -35,32 +33,40 @@ pub(crate) fn server(
     Box::pin(serve(listener, shared, stop))
 }
 
-/// Serve the admin listener until `stop` (moved) or hard shutdown.
+/// Serve the admin listener until `stop` (moved) or hard shutdown: at most
+/// `admin.max_connections` at a time (read when the listener starts; further connections wait
+/// in the accept queue), each under the `[admin]` timeouts current when it was accepted.
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    let max = shared
+        .edge
+        .snapshot
+        .load()
+        .settings
+        .admin_limits
+        .max_connections;
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
     loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.cancelled() => return,
+        };
         let Some((stream, _)) = crate::net::accept::next(&listener, &stop, "admin").await else {
             return;
         };
+        let limits = shared.edge.snapshot.load().settings.admin_limits.clone();
         let shared2 = shared.clone();
         let hard = shared.edge.hard.clone();
         shared.background.spawn(async move {
-            let svc = service_fn(move |req| {
+            let handler = move |req| {
                 let shared = shared2.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(req, &shared).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = hard.cancelled() => {}
-            }
+                async move { route(req, &shared).await }
+            };
+            crate::control::admin_conn::serve(stream, limits, hard, handler).await;
+            drop(permit);
         });
     }
 }
@@ -289,9 +295,19 @@ fn dns_explain(q: &str, shared: &Shared) -> AdminResp {
     )
 }
 
-/// `POST /reload`: the same path as a file change or SIGHUP.
+/// `POST /reload`: the same path as a file change or SIGHUP. The reload runs as a task of
+/// its own, so a client that goes away (or overruns `admin.request`) does not cancel it.
 async fn reload(shared: &Arc<Shared>) -> AdminResp {
-    match shared.reload().await {
+    let sh = shared.clone();
+    let done = shared.background.spawn(async move { sh.reload().await });
+    let Ok(result) = done.await else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "reload task failed\n",
+        );
+    };
+    match result {
         Ok(summary) => json_resp(
             StatusCode::OK,
             &json!({"result": "ok", "summary": summary, "generation": shared.edge.snapshot.load().generation}),

@@ -119,6 +119,7 @@ impl App {
             dns: crate::control::dns::DnsRuntime::new(edge_events),
         });
         metrics::gauge!(CONFIG_GENERATION).set(1.0);
+        metrics::counter!(crate::observe::metrics::GEO_DATABASE_REJECTED_TOTAL).increment(0);
         metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(unix_now());
         {
             let snap = shared.edge.snapshot.load_full();

@@ -2,6 +2,7 @@
 //! checks, database probes, the admin listener, `explain` and the status page.
 
 pub(crate) mod admin;
+pub(crate) mod admin_conn;
 pub(crate) mod app;
 pub(crate) mod checker;
 pub mod config;

@@ -18,6 +18,7 @@ use crate::health::{BackendHealth, HealthRegistry};
 use crate::net::server;
 use crate::observe::metrics::{
     CONFIG_GENERATION, CONFIG_LAST_RELOAD_SUCCESS, CONFIG_RELOADS_TOTAL,
+    GEO_DATABASE_REJECTED_TOTAL,
 };
 use crate::proxy::{Edge, ListenerKind};
 use crate::route::{Settings, Snapshot, Summary, TlsState};
@@ -103,6 +104,7 @@ impl Shared {
                 Ok(summary)
             }
             Err(e) => {
+                count_geo_rejections(&e);
                 tracing::error!("configuration rejected, still serving the previous one:\n{e}");
                 self.edge
                     .events
@@ -340,6 +342,19 @@ pub(super) fn preparse_buckets(path: &Path) -> Vec<f64> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A refused geo database (unreadable, or failing verification) is counted and logged on its
+/// own: the running database keeps answering, and an operator watching for a bad download
+/// should not have to parse the configuration errors.
+fn count_geo_rejections(errors: &ConfigErrors) {
+    for e in errors.0.iter().filter(|e| e.path == "geo.database") {
+        metrics::counter!(GEO_DATABASE_REJECTED_TOTAL).increment(1);
+        tracing::error!(
+            error = %e.message,
+            "geo database refused; the running database keeps serving"
+        );
+    }
 }
 
 pub(super) fn one_error(file: &Path, message: String) -> ConfigErrors {

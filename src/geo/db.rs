@@ -157,15 +157,17 @@ impl GeoDb {
         match reader.verify() {
             Ok(()) => {}
             // Real-world databases (the @ip-location-db family) ship an empty description map,
-            // which `verify` rejects before anything else; the structure is checked below.
+            // which `verify` rejects before anything else; `verify_records` below walks the
+            // whole tree and decodes every record all the same.
             Err(e) if e.to_string().contains("description") && m.description.is_empty() => {
                 tracing::debug!(
                     database = name,
-                    "database has no description; checked by lookups instead"
+                    "database has no description; verified record by record"
                 );
             }
             Err(e) => return Err(invalid(format!("verification failed: {e}"))),
         }
+        verify_records(&reader).map_err(|e| invalid(e.to_string()))?;
         if ![24, 28, 32].contains(&m.record_size) || ![4, 6].contains(&m.ip_version) {
             return Err(invalid(format!(
                 "unsupported record size {} / IP version {}",
@@ -231,6 +233,84 @@ impl GeoDb {
         }?;
         rec.into_location()
     }
+}
+
+/// What [`verify_records`] walked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Walked {
+    /// Leaves of the search tree (networks, with or without data).
+    pub(crate) networks: usize,
+    /// Distinct data records decoded.
+    pub(crate) records: usize,
+}
+
+/// Why [`verify_records`] refused a database.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WalkError {
+    /// The search tree is broken (pointer outside the data section, cycle, …).
+    #[error("search tree: {0}")]
+    Tree(maxminddb::MaxMindDbError),
+    /// More leaves than a tree of `node_count` nodes can have: a corrupt tree that loops back
+    /// on itself.
+    #[error("search tree: more than {0} networks for its node count (corrupt pointers)")]
+    TooManyNetworks(usize),
+    /// A record the tree points at does not decode as a location record.
+    #[error(
+        "corrupt record at file offset {file_offset} (data section offset {data_offset}, \
+         first used by {network}): {error}"
+    )]
+    Record {
+        /// Offset of the record from the start of the file.
+        file_offset: usize,
+        /// Offset inside the data section (what the tree stores).
+        data_offset: usize,
+        /// The first network (in tree order) whose lookups would have hit it.
+        network: String,
+        /// The decoder's complaint.
+        error: maxminddb::MaxMindDbError,
+    },
+}
+
+/// Walk the whole search tree once and decode every distinct record a leaf points at, as
+/// lookups will. Catches a data section that is corrupt under an intact tree, which would
+/// otherwise answer "not found" for every address whose record is damaged. Refuses at the
+/// first bad record (in tree order). Blocking: O(nodes + records); see README for timings.
+pub(crate) fn verify_records<S: AsRef<[u8]>>(reader: &Reader<S>) -> Result<Walked, WalkError> {
+    let m = reader.metadata();
+    let nodes = m.node_count as usize;
+    let pointer_base = nodes * usize::from(m.record_size) / 4 + 16;
+    // A binary tree of N nodes has N + 1 leaves; IPv4 aliases are skipped. Anything far past
+    // that is a tree whose pointers loop back (each path is bounded by the address length,
+    // but their number is not).
+    let max_networks = nodes.saturating_mul(3).saturating_add(2);
+    let opts = maxminddb::WithinOptions::default().include_networks_without_data();
+    let mut seen = std::collections::HashSet::new();
+    let mut walked = Walked::default();
+    for leaf in reader.networks(opts).map_err(WalkError::Tree)? {
+        let leaf = leaf.map_err(WalkError::Tree)?;
+        walked.networks += 1;
+        if walked.networks > max_networks {
+            return Err(WalkError::TooManyNetworks(max_networks));
+        }
+        let Some(offset) = leaf.offset() else {
+            continue;
+        };
+        if !seen.insert(offset) {
+            continue;
+        }
+        walked.records += 1;
+        if let Err(error) = leaf.decode::<Record<'_>>() {
+            return Err(WalkError::Record {
+                file_offset: pointer_base + offset,
+                data_offset: offset,
+                network: leaf
+                    .network()
+                    .map_or_else(|_| "?".to_owned(), |n| n.to_string()),
+                error,
+            });
+        }
+    }
+    Ok(walked)
 }
 
 fn decode<'a, S: AsRef<[u8]>>(reader: &'a Reader<S>, ip: IpAddr) -> Option<Record<'a>> {
@@ -413,6 +493,113 @@ mod tests {
         let loc = db.locate("81.2.69.142".parse().unwrap()).unwrap();
         assert_eq!(loc.country_str(), Some("GB"));
         assert_eq!(loc.source, LocSource::CountryCentroid);
+    }
+
+    #[derive(serde::Serialize)]
+    struct Loc {
+        latitude: f64,
+        longitude: f64,
+    }
+
+    #[derive(serde::Serialize)]
+    struct Cc {
+        iso_code: &'static str,
+    }
+
+    #[derive(serde::Serialize)]
+    struct City {
+        country: Cc,
+        location: Loc,
+    }
+
+    /// A small city database; `described` adds the description map `verify` insists on.
+    fn city_db(described: bool) -> Vec<u8> {
+        let b = mmdb_writer::Writer::builder("GeoIP2-City").build_epoch(std::time::UNIX_EPOCH);
+        let mut w = if described {
+            b.description(&[("en", "fixture")]).build()
+        } else {
+            b.build()
+        };
+        for (net, iso_code, latitude, longitude) in [
+            ("192.0.2.0/24", "DE", 50.11, 8.68),
+            ("198.51.100.0/24", "SG", 1.29, 103.85),
+            ("2001:db8:1::/48", "JP", 35.68, 139.75),
+        ] {
+            let net = net.parse::<mmdb_writer::ipnet::IpNet>().unwrap();
+            let rec = City {
+                country: Cc { iso_code },
+                location: Loc {
+                    latitude,
+                    longitude,
+                },
+            };
+            w.insert(net, &rec).unwrap();
+        }
+        w.to_bytes().unwrap()
+    }
+
+    /// The file offset of the record `ip` resolves to.
+    fn record_offset(bytes: &[u8], ip: &str) -> usize {
+        let r = Reader::from_source(bytes).unwrap();
+        let m = r.metadata();
+        let base = m.node_count as usize * usize::from(m.record_size) / 4 + 16;
+        base + r.lookup(ip.parse().unwrap()).unwrap().offset().unwrap()
+    }
+
+    /// Turn the latitude `lat` (a double: control byte 0x68 + 8 bytes) into 8 raw bytes
+    /// (0x88): every structure stays valid, so `Reader::verify` still passes, but the record
+    /// no longer decodes as a location and its lookups would answer "not found".
+    fn retype_latitude(bytes: &mut [u8], lat: f64) -> usize {
+        let mut pat = vec![0x68];
+        pat.extend_from_slice(&lat.to_be_bytes());
+        let at = bytes.windows(9).position(|w| w == pat).unwrap();
+        bytes[at] = 0x88;
+        at
+    }
+
+    #[test]
+    fn a_record_that_no_longer_decodes_is_refused_with_its_offset() {
+        let mut bytes = city_db(true);
+        let record = record_offset(&bytes, "198.51.100.7");
+        retype_latitude(&mut bytes, 1.29);
+        // The crate's structural check is satisfied …
+        Reader::from_source(&bytes[..]).unwrap().verify().unwrap();
+        // … ours is not, and says where.
+        let err = GeoDb::from_bytes(bytes, "bad.mmdb")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.mmdb"), "{err}");
+        assert!(
+            err.contains(&format!("corrupt record at file offset {record} ")),
+            "{err}"
+        );
+        assert!(err.contains("198.51.100.0/24"), "{err}");
+    }
+
+    #[test]
+    fn garbage_records_are_refused_without_a_description_too() {
+        // The ip-location-db family skips `Reader::verify` (no description): the record walk
+        // is the only check between a damaged download and silent "not found" answers.
+        let mut bytes = city_db(false);
+        GeoDb::from_bytes(bytes.clone(), "ok.mmdb").unwrap();
+        let record = record_offset(&bytes, "2001:db8:1::1");
+        bytes[record..record + 4].fill(0xff);
+        let err = GeoDb::from_bytes(bytes, "bad.mmdb")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.mmdb"), "{err}");
+        assert!(err.contains("corrupt record at file offset"), "{err}");
+    }
+
+    #[test]
+    fn every_record_of_the_embedded_database_decodes() {
+        for bytes in [EMBEDDED_V4, EMBEDDED_V6] {
+            let r = Reader::from_source(bytes).unwrap();
+            let t = std::time::Instant::now();
+            let w = verify_records(&r).unwrap();
+            eprintln!("embedded: {w:?} in {:?} (debug build)", t.elapsed());
+            assert!(w.networks > 50_000 && w.records > 100, "{w:?}");
+        }
     }
 
     #[test]

@@ -71,6 +71,11 @@ pub(crate) async fn read_header<R: AsyncRead + Unpin>(
         let b = r.read_u8().await.map_err(|_| PpError::Eof)?;
         line.push(b);
     }
+    // ASCII only: `ppp` slices the line by byte index and panics inside a multi-byte
+    // character (found by `fuzz/`, target proxy_protocol).
+    if !line.is_ascii() {
+        return Err(PpError::Malformed("not ASCII".into()));
+    }
     let s = std::str::from_utf8(&line).map_err(|_| PpError::Malformed("not ASCII".into()))?;
     let h = ppp::v1::Header::try_from(s).map_err(|e| PpError::Malformed(e.to_string()))?;
     Ok(match h.addresses {

@@ -29,6 +29,7 @@ pub(crate) const CONFIG_GENERATION: &str = "geolb_config_generation";
 pub(crate) const CONFIG_RELOADS_TOTAL: &str = "geolb_config_reloads_total";
 pub(crate) const CONFIG_LAST_RELOAD_SUCCESS: &str =
     "geolb_config_last_reload_success_timestamp_seconds";
+pub(crate) const GEO_DATABASE_REJECTED_TOTAL: &str = "geolb_geo_database_rejected_total";
 pub(crate) const ACCESS_LOG_DROPPED_TOTAL: &str = "geolb_access_log_dropped_total";
 pub(crate) const REGION_STATE: &str = "geolb_region_state";
 pub(crate) const REGION_TRAFFIC_SHARE: &str = "geolb_region_traffic_share";
@@ -149,6 +150,10 @@ fn describe_all() {
     describe_counter!(
         CONFIG_RELOADS_TOTAL,
         "Configuration reload attempts, by result."
+    );
+    describe_counter!(
+        GEO_DATABASE_REJECTED_TOTAL,
+        "Geo databases refused on reload (unreadable, or a corrupt search tree or record); the running database kept serving."
     );
     describe_gauge!(
         CONFIG_LAST_RELOAD_SUCCESS,

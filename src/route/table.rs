@@ -381,6 +381,21 @@ impl RoutingTable {
     }
 }
 
+/// Limits of the admin listener (`[admin]`). `max_connections` is read when the listener
+/// starts; the timeouts apply to connections accepted after a reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminLimits {
+    /// Most open admin connections; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Longest time from the first byte of a request head to its end.
+    pub request_header: Duration,
+    /// A connection with no exchange in progress for this long is closed.
+    pub keepalive_idle: Duration,
+    /// Longest exchange, from the request head read to the last response byte written
+    /// (a client that stops reading cannot hold a connection past it).
+    pub request: Duration,
+}
+
 /// Listener and per-request settings that are not routes.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -392,6 +407,8 @@ pub struct Settings {
     pub admin: Option<SocketAddr>,
     /// Bearer token required by the admin listener (except `/healthz`).
     pub admin_token: Option<Arc<str>>,
+    /// Connection limit and timeouts of the admin listener.
+    pub admin_limits: AdminLimits,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Size and concurrency limits.
@@ -504,18 +521,33 @@ pub struct Limits {
 }
 
 /// Lowercase, strip the port and a trailing dot, into `buf`. `None` when invalid.
+///
+/// Accepts `name`, `name:port`, `[v6]`, `[v6]:port` and a bare IPv6 literal (what this
+/// returns for `[v6]`, so normalising is idempotent); a port is digits only. Output is
+/// lowercase, has no port and no trailing dot, and contains `:` only as an IPv6 literal.
 pub fn normalize_host<'b>(raw: &str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
     let raw = raw.trim();
+    let is_port = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
     let host = if let Some(rest) = raw.strip_prefix('[') {
-        &rest[..rest.find(']')?]
+        let (lit, after) = rest.split_once(']')?;
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(is_port);
+        if !port_ok || lit.parse::<std::net::Ipv6Addr>().is_err() {
+            return None;
+        }
+        lit
     } else {
-        match raw.rfind(':') {
-            Some(i) if raw[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &raw[..i],
-            _ => raw,
+        match raw.split_once(':') {
+            None => raw,
+            Some((h, p)) if is_port(p) => h,
+            // Two colons or more: only a whole IPv6 literal, which cannot carry a port.
+            Some(_) => {
+                raw.parse::<std::net::Ipv6Addr>().ok()?;
+                raw
+            }
         }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.len() > buf.len() {
+    if host.len() > buf.len() || host.ends_with('.') {
         return None;
     }
     for (i, b) in host.bytes().enumerate() {

@@ -16,8 +16,8 @@ use ipnet::IpNet;
 
 use super::diag::{ConfigError, ConfigErrors, Locator};
 use super::file::{
-    ClientIpFile, HeadersFile, IpHeaderFile, LimitsFile, ListenersFile, MetricsFile, OverrideFile,
-    RegionFile, RouteFile, RoutesFile, TimeoutsFile, TlsFile,
+    AdminFile, ClientIpFile, HeadersFile, IpHeaderFile, LimitsFile, ListenersFile, MetricsFile,
+    OverrideFile, RegionFile, RouteFile, RoutesFile, TimeoutsFile, TlsFile,
 };
 use super::values::parse_duration;
 use crate::geo::GeoDb;
@@ -508,6 +508,7 @@ impl Compiler<'_, '_> {
             http: l.http,
             admin: l.admin,
             admin_token: f.listeners.admin_token.as_deref().map(Arc::from),
+            admin_limits: self.admin_limits(&f.admin),
             timeouts,
             limits,
             trusted,
@@ -562,6 +563,27 @@ impl Compiler<'_, '_> {
             tracing::warn!("the admin listener is not on loopback and has no admin_token");
         }
         Listeners { https, http, admin }
+    }
+
+    fn admin_limits(&mut self, a: &AdminFile) -> AdminLimits {
+        let max_connections = a.max_connections.unwrap_or(64);
+        if !(1..=100_000).contains(&max_connections) {
+            self.err("admin.max_connections", "must be between 1 and 100000");
+        }
+        let mut d = |name: &str, v: &Option<String>, default_secs: u64| {
+            let path = format!("admin.{name}");
+            let d = self.duration(&path, v, Duration::from_secs(default_secs));
+            if d.is_zero() {
+                self.err(&path, "must be greater than zero");
+            }
+            d
+        };
+        AdminLimits {
+            max_connections: max_connections.clamp(1, 100_000) as usize,
+            request_header: d("request_header", &a.request_header, 5),
+            keepalive_idle: d("keepalive_idle", &a.keepalive_idle, 30),
+            request: d("request", &a.request, 30),
+        }
     }
 
     fn buckets(&mut self, m: &MetricsFile) {

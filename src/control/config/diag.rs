@@ -303,6 +303,11 @@ fn unknown_field_name(message: &str) -> Option<&str> {
 
 /// Offset of `key` used as a key (`key =` after a line start, `{` or `,`) at or after `from`.
 fn find_key(src: &str, from: usize, key: &str) -> Option<usize> {
+    // An empty key (`"" = …`) is never written bare, and would match everywhere without
+    // advancing (found by `fuzz/`, target config: it looped forever).
+    if key.is_empty() {
+        return None;
+    }
     let b = src.as_bytes();
     let mut i = from.min(src.len());
     while let Some(pos) = src.get(i..)?.find(key) {

@@ -20,6 +20,8 @@ pub(crate) struct RoutesFile {
     #[serde(default)]
     pub listeners: ListenersFile,
     #[serde(default)]
+    pub admin: AdminFile,
+    #[serde(default)]
     pub timeouts: TimeoutsFile,
     #[serde(default)]
     pub limits: LimitsFile,
@@ -56,6 +58,17 @@ pub(crate) struct ListenersFile {
     pub admin: Option<String>,
     /// Bearer token required on the admin listener (recommended for non-loopback binds).
     pub admin_token: Option<String>,
+}
+
+/// `[admin]`: limits of the admin listener (its address and token are in `[listeners]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminFile {
+    pub max_connections: Option<u64>,
+    pub request_header: Option<String>,
+    pub keepalive_idle: Option<String>,
+    /// One whole exchange: request head read to last response byte written.
+    pub request: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

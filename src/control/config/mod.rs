@@ -11,7 +11,7 @@ pub(crate) mod file;
 mod service;
 #[cfg(test)]
 mod tests;
-mod values;
+pub(crate) mod values;
 
 pub use compile::{CompileCtx, Compiled, compile_str, load};
 pub use diag::{ConfigError, ConfigErrors};

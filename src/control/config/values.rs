@@ -15,7 +15,8 @@ pub(crate) enum DurationError {
     OutOfRange(String),
 }
 
-/// "250ms", "10s", "2m", "1h", "1.5s"; "0" or "0s" means zero.
+/// "250ms", "10s", "2m", "1h", "1.5s"; "0" or "0s" means zero. Decimal, exact to the
+/// nanosecond (digits past the ninth decimal of the unit are dropped); at most a year.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     if s == "0" {
@@ -25,21 +26,35 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, DurationError> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| DurationError::NotADuration(s.to_owned()))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
+        return Err(DurationError::NotADuration(s.to_owned()));
+    }
+    let nanos_per_unit: u128 = match unit.trim() {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         "" => return Err(DurationError::NoUnit(s.to_owned())),
         u => return Err(DurationError::UnknownUnit(u.to_owned())),
     };
-    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
-        return Err(DurationError::OutOfRange(s.to_owned()));
+    let out_of_range = || DurationError::OutOfRange(s.to_owned());
+    let whole: u128 = match int {
+        "" => 0,
+        i => i.parse().map_err(|_| out_of_range())?,
+    };
+    // The fraction in billionths of the unit.
+    let billionths = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(9)
+        .fold(0u128, |acc, d| acc * 10 + u128::from(d - b'0'));
+    let nanos = whole.checked_mul(nanos_per_unit).ok_or_else(out_of_range)?
+        + billionths * nanos_per_unit / 1_000_000_000;
+    if nanos > 365 * 86_400 * 1_000_000_000 {
+        return Err(out_of_range());
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(Duration::from_nanos(nanos as u64))
 }
 
 #[cfg(test)]

@@ -187,5 +187,5 @@ fn config() {
         .iter()
         .map(|f| std::fs::read(format!("{root}/{f}")).unwrap())
         .collect();
-    smoke("config", 1500, seeds, config_target);
+    smoke("config", 1000, seeds, config_target);
 }

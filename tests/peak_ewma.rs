@@ -150,26 +150,3 @@ async fn a_latency_outlier_is_ejected_when_enabled() {
         stats.failures.lock().unwrap()
     );
 }
-
-/// For comparison (`cargo test --test peak_ewma -- --ignored --nocapture`): least_request in
-/// the same setup keeps sending the slow backend a steady share (about 6 % here).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, for comparison"]
-async fn least_request_for_comparison() {
-    let fast = TestBackend::spawn("fast", "eu-central").await;
-    let slow = TestBackend::spawn("slow", "eu-central").await;
-    fast.delay_ms.store(5, Ordering::Relaxed);
-    slow.delay_ms.store(200, Ordering::Relaxed);
-    let extra = format!("lb = \"least_request\"\n{HEALTH}");
-    let cfg = service_toml("app", &[&fast, &slow], &extra) + "[[routes]]\nservice = \"app\"\n";
-    let g = Geolb::start(&cfg).await;
-    let load = start_rate_load(&g, 150, "/", 0);
-    let mut windows = 0;
-    let seen = shares_until(&fast, &slow, 300, "five windows", |_| {
-        windows += 1;
-        windows == 5
-    })
-    .await;
-    eprintln!("least_request: slow backend's share per window of 300 requests: {seen:.4?}");
-    load.finish().await;
-}

@@ -56,7 +56,7 @@ pub(crate) fn spawn_udp(
 }
 
 /// One datagram at a time (`recv_from`, `send_to`): the portable loop.
-#[cfg_attr(target_os = "linux", allow(dead_code))]
+#[cfg(not(target_os = "linux"))]
 async fn udp_worker(sock: Arc<UdpSocket>, views: Views, stop: CancellationToken) {
     // One byte more than the largest query: a datagram that fills it was cut by the kernel.
     let mut buf = vec![0u8; UDP_MAX_QUERY + 1];
